@@ -1,0 +1,18 @@
+"""homec: a graph-rewriting ONNX model compiler for home-appliance targets.
+
+Public API:
+    homec.load(path_or_model) -> Graph
+    homec.save(graph_or_model, path, *, external_data=None)
+    Graph.to_onnx() -> onnx.ModelProto
+"""
+
+from homec.errors import ExitCode, HomecError
+from homec.ir import Attr, AttrType, Dim, Graph, Node, Tensor, TensorType, Value
+from homec.onnx_io import load, save
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Attr", "AttrType", "Dim", "ExitCode", "Graph", "HomecError", "Node", "Tensor", "TensorType",
+    "Value", "load", "save", "__version__",
+]
