@@ -686,7 +686,7 @@ class Graph:
 
     def append(self, node: Node) -> Node:
         """Add `node` after every existing node (in original-position order)."""
-        return self._add_node(node, (self._bump_position(),))
+        return self._add_node(node, (self._bump_position(), 0))
 
     def insert(self, node: Node, *, before: Node | None = None, after: Node | None = None) -> Node:
         """Add `node` positioned just before or after an anchor node (ordering ties only;
@@ -698,8 +698,9 @@ class Graph:
         if anchor.graph is not self:
             raise IRError(f"insert(): anchor {anchor!r} is not in graph {self.name!r}")
         base = self._position[anchor._uid]
-        # Keys compare lexicographically: (p, -1, k) < (p,) < (p, 1, k).
-        key = (*base, -1 if before is not None else 1, self._bump_position())
+        # Every key ends in 0, so keys compare lexicographically as
+        # (..., p, -1, k, 0) < (..., p, 0) < (..., p, 1, k, 0) < (..., p + 1, 0).
+        key = (*base[:-1], -1 if before is not None else 1, self._bump_position(), 0)
         return self._add_node(node, key)
 
     def _bump_position(self) -> int:

@@ -14,6 +14,7 @@ quantization annotations, node device configurations) travel as opaque bytes.
 
 from __future__ import annotations
 
+import gc
 import os
 import stat
 import tempfile
@@ -60,6 +61,18 @@ EXTERNAL_SIZE_THRESHOLD = 1024  # tensors smaller than this stay inline
 
 def load(src: str | os.PathLike | onnx.ModelProto | bytes) -> Graph:
     """Load an ONNX model (a path, serialized bytes or a ModelProto) into the IR, safely."""
+    # Building many small objects triggers repeated full garbage collections that make
+    # loading super-linear in the node count; the IR has no reference cycles to collect.
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return _load(src)
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def _load(src: str | os.PathLike | onnx.ModelProto | bytes) -> Graph:
     if isinstance(src, onnx.ModelProto):
         model = onnx.ModelProto()
         model.CopyFrom(src)
