@@ -15,6 +15,7 @@ quantization annotations, node device configurations) travel as opaque bytes.
 from __future__ import annotations
 
 import gc
+import math
 import os
 import stat
 import tempfile
@@ -94,7 +95,8 @@ def _load(src: str | os.PathLike | onnx.ModelProto | bytes) -> Graph:
     _check_opset_imports(model, label)
     try:
         graph = _ModelReader(model, label).read()
-        graph.nodes  # noqa: B018 — forces the topological sort, which detects cycles
+        for _ in graph.all_nodes():  # sorts every (sub)graph, which detects cycles
+            pass
     except IRError as e:
         raise InvalidModelError(e.message, path=label) from None
     if base_dir is not None and graph.model is not None:
@@ -179,9 +181,56 @@ def _all_tensors(model: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
         yield from in_graph(ti.algorithm)
 
 
+def _expected_bytes(t: onnx.TensorProto, label: str) -> int:
+    if any(d < 0 for d in t.dims):
+        raise InvalidModelError(f"tensor {t.name!r} has negative dims {list(t.dims)}", path=label)
+    return (math.prod(t.dims) * itemsize_bits(t.data_type) + 7) // 8
+
+
+# Elements per entry of each typed field, by data type (packed sub-byte types share an int32).
+_TYPED_FIELDS = {
+    "float_data": {1: 1, 14: 0.5},
+    "double_data": {11: 1, 15: 0.5},
+    "int64_data": {7: 1},
+    "uint64_data": {12: 1, 13: 1},
+    "int32_data": {2: 1, 3: 1, 4: 1, 5: 1, 6: 1, 9: 1, 10: 1, 16: 1, 17: 1, 18: 1, 19: 1, 20: 1,
+                   24: 1, 21: 2, 22: 2, 23: 2, 25: 4, 26: 4},
+}
+
+
+def _check_inline_tensor(t: onnx.TensorProto, label: str) -> None:
+    """The payload must hold exactly dims' worth of elements (else decoding crashes later)."""
+    expected = _expected_bytes(t, label)
+    count = math.prod(t.dims)
+    if t.HasField("raw_data"):
+        if t.data_type != STRING and len(t.raw_data) != expected:
+            raise InvalidModelError(f"tensor {t.name!r} holds {len(t.raw_data)} bytes of data but "
+                                    f"its dims {list(t.dims)} need {expected}", path=label)
+        return
+    if t.data_type == STRING:
+        n = len(t.string_data)
+        if n != count:
+            raise InvalidModelError(f"tensor {t.name!r} holds {n} strings but its dims "
+                                    f"{list(t.dims)} need {count}", path=label)
+        return
+    for field, per_type in _TYPED_FIELDS.items():
+        n = len(getattr(t, field))
+        if n and t.data_type in per_type:
+            need = math.ceil(count / per_type[t.data_type]) if per_type[t.data_type] >= 1 \
+                else count * int(1 / per_type[t.data_type])
+            if n != need:
+                raise InvalidModelError(f"tensor {t.name!r} holds {n} values but its dims "
+                                        f"{list(t.dims)} need {need}", path=label)
+            return
+    if count and t.data_type not in (0,) and len(t.segment.ListFields()) == 0:
+        raise InvalidModelError(f"tensor {t.name!r} has dims {list(t.dims)} but no data",
+                                path=label)
+
+
 def _load_external_data(model: onnx.ModelProto, base_dir: str | None, label: str) -> None:
     for t in _all_tensors(model):
         if t.data_location != onnx.TensorProto.EXTERNAL:
+            _check_inline_tensor(t, label)
             continue
         if base_dir is None:
             raise InvalidModelError(
@@ -189,7 +238,7 @@ def _load_external_data(model: onnx.ModelProto, base_dir: str | None, label: str
                 "(load the model from a path, not from bytes)", path=label)
         t.raw_data = _read_external(t, base_dir, label)
         del t.external_data[:]
-        t.data_location = onnx.TensorProto.DEFAULT
+        t.ClearField("data_location")
 
 
 def _read_external(t: onnx.TensorProto, base_dir: str, label: str) -> bytes:
@@ -200,6 +249,8 @@ def _read_external(t: onnx.TensorProto, base_dir: str, label: str) -> bytes:
         raise InvalidModelError(f"{where} has no location", path=label)
     if t.data_type == STRING:
         raise InvalidModelError(f"{where}: string tensors cannot use external data", path=label)
+    if "\0" in location:
+        raise InvalidModelError(f"{where} location contains a NUL byte", path=label)
     if (os.path.isabs(location) or location.startswith(("/", "\\"))
             or (len(location) > 1 and location[1] == ":")):
         raise InvalidModelError(f"{where} location {location!r} is absolute; it must be "
@@ -239,8 +290,7 @@ def _read_external(t: onnx.TensorProto, base_dir: str, label: str) -> bytes:
         raise InvalidModelError(
             f"{where} range [{offset}, {offset + length}) exceeds the {st.st_size}-byte file "
             f"{location!r}", path=label)
-    count = int(np.prod(t.dims, dtype=np.int64)) if len(t.dims) else 1
-    expected = (count * itemsize_bits(t.data_type) + 7) // 8
+    expected = _expected_bytes(t, label)
     if length != expected:
         raise InvalidModelError(f"{where} length {length} does not match the tensor's size of "
                                 f"{expected} bytes", path=label)
@@ -474,7 +524,7 @@ class _ModelReader:
             for o in outs:
                 if o is None:
                     continue
-                existing = g._values.get(o.name)
+                existing = g.value(o.name)  # SSA across scopes: no shadowing of outer names
                 if existing is not None:
                     what = (f"node {existing.producer!r}" if existing.producer is not None
                             else "a graph input or initializer")
