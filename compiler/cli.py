@@ -1,7 +1,12 @@
 """The `homec` command line: argument parsing, files, printing and exit codes; no logic of its own.
 
-    homec MODEL [-o OUT] [-q]                              compile MODEL (the main job)
+    homec MODEL [-p SCHEDULE] [-t TARGET] [-o OUT] [--calib PATH] [--input-shape NAME=DIMS]
+                [--verify] [--tolerance SPEC] [--report OUT.json] [--stats] [--verify-each]
+                [--dump-dir DIR] [--pass-limit N] [--external-data] [-q]
     homec inspect MODEL [--json] [--input-shape NAME=DIMS]...
+    homec check SCHEDULE            validate a schedule without a model
+    homec fmt SCHEDULE              print a schedule normalized
+    homec passes [--json]           list the registered passes with their options
     homec --version
 
 The first argument picks a subcommand from COMMANDS; anything else is the main job. (A model
@@ -48,11 +53,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         _silence_stdout()
         return int(ExitCode.OK)
     except HomecError as e:
-        if e.exit_code == ExitCode.INTERNAL:  # e.g. IRError: a bug, not the user's doing
-            return _internal_error(e)
+        from homec.pipeline import InternalPassError
+
+        if e.exit_code == ExitCode.INTERNAL and not isinstance(e, InternalPassError):
+            return _internal_error(e)  # e.g. IRError: a bug, not the user's doing
         if _debug():
             traceback.print_exc()
-        _print_err(f"{PROG}: error: {_one_line(str(e))}")
+        from homec.schedule.ast import ScheduleError
+
+        if isinstance(e, ScheduleError):  # file:line:col: error: ... with the line and a caret
+            _print_err(str(e))
+        else:
+            _print_err(f"{PROG}: error: {_one_line(str(e))}")
         return int(e.exit_code)
     except Exception as e:  # noqa: BLE001 — the last line of defence
         return _internal_error(e)
@@ -137,8 +149,77 @@ def build_compile_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("model", metavar="MODEL", help="the ONNX model to compile")
     p.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    c = p.add_argument_group("compilation")
+    c.add_argument("-p", "--schedule", metavar="SCHEDULE",
+                   help="schedule file (.hc) saying which passes run in which order "
+                        "(default: none, the model is re-emitted as loaded)")
+    c.add_argument("-t", "--target", metavar="TARGET",
+                   help="appliance target: cpu, npu-int8 or mcu")
+    c.add_argument("--calib", metavar="PATH",
+                   help="calibration data: an .npz (keys = input names, samples stacked on a "
+                        "new leading axis) or a folder of .npz files, one sample each")
+    c.add_argument("--input-shape", metavar="NAME=DIMS", action="append", default=[],
+                   help="fix a dynamic input shape, e.g. x=1x3x224x224 (repeat per input)")
+    c.add_argument("--seed", type=int, default=0, help="seed for random verification inputs")
+    v = p.add_argument_group("verification and debugging")
+    v.add_argument("--verify", action="store_true",
+                   help="compare onnxruntime outputs of the input and output models; past the "
+                        "tolerance exit 5 and write no output")
+    v.add_argument("--tolerance", metavar="SPEC",
+                   help="verification tolerance: a number (max abs error) or "
+                        "atol=X,rtol=Y,cosine=Z (default: what the passes that ran declare)")
+    v.add_argument("--verify-each", action="store_true",
+                   help="after every pass: Graph.verify(), the onnx checker and an onnxruntime "
+                        "comparison with the previous stage; names the pass that broke it")
+    v.add_argument("--dump-dir", metavar="DIR", help="write the model after every pass to DIR")
+    v.add_argument("--pass-limit", metavar="N", type=_non_negative_int,
+                   help="run only the first N pass invocations (bisection)")
+    v.add_argument("--stats", action="store_true", help="print per-pass time and statistics")
+    v.add_argument("--report", metavar="OUT.json",
+                   help="write a JSON report (passes, statistics, before/after, verification)")
     _add_output_arguments(p.add_argument_group("output"))
     return p
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if n < 0:
+        raise argparse.ArgumentTypeError("must be >= 0")
+    return n
+
+
+def parse_tolerance(spec: str):
+    """`1e-4` (max abs error) or `atol=1e-4,rtol=1e-3,cosine=0.999`."""
+    import math
+
+    from homec.registry import Tolerance
+
+    try:
+        return Tolerance(atol=float(spec))
+    except ValueError:
+        pass
+    fields = {"atol": math.inf, "rtol": 0.0, "cosine": None}
+    given = set()
+    for part in spec.split(","):
+        key, sep, val = part.partition("=")
+        key = key.strip()
+        if not sep or key not in fields:
+            raise UsageError(f"--tolerance: cannot read {part!r}; use a number or "
+                             "atol=X,rtol=Y,cosine=Z")
+        try:
+            fields[key] = float(val)
+        except ValueError:
+            raise UsageError(f"--tolerance: {key} needs a number, got {val!r}") from None
+        given.add(key)
+    if "atol" not in given and "rtol" not in given:
+        fields["atol"] = math.inf
+    elif "atol" not in given:
+        fields["atol"] = 0.0
+    return Tolerance(atol=fields["atol"], rtol=fields["rtol"], min_cosine=fields["cosine"],
+                     lossy=fields["cosine"] is not None or fields["atol"] == math.inf)
 
 
 def _add_output_arguments(g: argparse._ArgumentGroup) -> None:
@@ -147,6 +228,8 @@ def _add_output_arguments(g: argparse._ArgumentGroup) -> None:
                         "beside MODEL); never the input file itself")
     g.add_argument("-q", "--quiet", action="store_true",
                    help="print nothing on success")
+    g.add_argument("--external-data", action="store_true",
+                   help="write weights to <OUT>.data beside the model (automatic over 2 GiB)")
 
 
 def default_output_path(model_path: str) -> str:
@@ -174,24 +257,138 @@ def _check_output_path(model_path: str, out_path: str) -> None:
 
 def run_compile(args: argparse.Namespace) -> int:
     import homec
-    from homec.analysis.cost import count_params
+    from homec.analysis.shapes import parse_input_shapes
+    from homec.driver import load_schedule
 
-    graph = homec.load(args.model)
     out_path = args.output if args.output else default_output_path(args.model)
     _check_output_path(args.model, out_path)
-    # (no passes exist yet: the model is emitted as loaded)
-    homec.save(graph, out_path)
+    # Validate everything cheap before the model is touched.
+    schedule = load_schedule(args.schedule)[0] if args.schedule else None
+    shapes = parse_input_shapes(args.input_shape) if args.input_shape else None
+    tolerance = parse_tolerance(args.tolerance) if args.tolerance else None
+    progress = _Progress(enabled=not args.quiet and sys.stderr.isatty())
+    try:
+        result = homec.compile(
+            args.model, schedule, target=args.target, calib=args.calib,
+            verify=args.verify, tolerance=tolerance, input_shapes=shapes,
+            verify_each=args.verify_each, dump_dir=args.dump_dir, pass_limit=args.pass_limit,
+            seed=args.seed, reproducer_dir=os.path.dirname(os.path.abspath(out_path)),
+            on_pass_start=progress.start, on_pass_end=progress.end)
+    except homec.HomecError as e:
+        progress.close()
+        report = getattr(e, "report", None)
+        if report is not None and args.report:
+            _write_report(report, args.report)
+        raise
+    progress.close()
+    homec.save(result.model, out_path, external_data=True if args.external_data else None)
+    report = result.report
+    report["output"] = out_path
+    report["files"] = {"input_bytes": _file_size(args.model), "output_bytes": _file_size(out_path)}
+    if args.report:
+        _write_report(report, args.report)
+    if args.stats:
+        print(format_stats(report))
     if not args.quiet:
-        _print_compile_summary(args.model, out_path, len(graph), count_params(graph).count)
+        print(format_summary(args.model, out_path, report))
     return int(ExitCode.OK)
 
 
-def _print_compile_summary(model_path: str, out_path: str, nodes: int, params: int) -> None:
-    print(f"{PROG}: {model_path} -> {out_path}")
-    print(f"  nodes       {nodes:,}")
-    print(f"  parameters  {params:,}")
-    print(f"  file size   {_human_bytes(_file_size(model_path))} -> "
-          f"{_human_bytes(_file_size(out_path))}")
+def _write_report(report: dict, path: str) -> None:
+    import tempfile
+
+    directory = os.path.dirname(os.path.abspath(path))
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".homec-report-", dir=directory)
+        with os.fdopen(fd, "w") as f:
+            json.dump(report, f, indent=2, sort_keys=True, default=_json_default)
+            f.write("\n")
+        os.replace(tmp, path)
+    except OSError as e:
+        raise OutputError(f"cannot write the report ({e.strerror or e})", path=path) from None
+
+
+def _json_default(o):
+    import math
+
+    if isinstance(o, float) and not math.isfinite(o):
+        return str(o)
+    if hasattr(o, "item"):
+        return o.item()
+    return str(o)
+
+
+class _Progress:
+    """A progress bar over pass invocations on a terminal (tqdm); silent otherwise."""
+
+    def __init__(self, enabled: bool):
+        self.bar = None
+        if enabled:
+            try:
+                from tqdm import tqdm
+
+                self.bar = tqdm(total=None, unit="pass", file=sys.stderr, leave=False,
+                                dynamic_ncols=True)
+            except ImportError:
+                self.bar = None
+
+    def start(self, index: int, name: str) -> None:
+        if self.bar is not None:
+            self.bar.set_description(f"{index}: {name}")
+
+    def end(self, record) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def format_stats(report: dict) -> str:
+    """Per-pass time and statistics, one line per invocation."""
+    lines = ["  #  pass                      time      nodes        statistics"]
+    for r in report["passes"]:
+        stats = ", ".join(f"{k}={v}" for k, v in r["stats"].items() if v) or "(no change)"
+        sel = f" {r['selector']}" if r["selector"] else ""
+        lines.append(f"{r['index']:>3}  {r['name'] + sel:<24} {r['seconds'] * 1000:>7.1f} ms "
+                     f"{r['nodes_before']:>5} -> {r['nodes_after']:<5} {stats}")
+    if report.get("stopped_by_pass_limit"):
+        lines.append(f"  (stopped by --pass-limit after {report['pass_invocations']} invocations)")
+    total = sum(r["seconds"] for r in report["passes"])
+    lines.append(f"     total {total * 1000:.1f} ms in {len(report['passes'])} pass invocations")
+    return "\n".join(lines)
+
+
+def format_summary(model_path: str, out_path: str, report: dict) -> str:
+    b, a = report["before"], report["after"]
+
+    def change(key: str, fmt=lambda v: f"{v:,}") -> str:
+        x, y = b.get(key), a.get(key)
+        xs = fmt(x) if x is not None else "?"
+        ys = fmt(y) if y is not None else "?"
+        return f"{xs} -> {ys}"
+
+    files = report.get("files", {})
+    lines = [f"{PROG}: {model_path} -> {out_path}"]
+    changed = sum(1 for r in report["passes"] if r["modified"])
+    if report["passes"]:
+        lines.append(f"  passes      {len(report['passes'])} run, {changed} changed the graph")
+    lines.append(f"  nodes       {change('nodes')}")
+    lines.append(f"  parameters  {change('parameters')}")
+    lines.append(f"  MACs        {change('macs')}")
+    lines.append(f"  file size   {_human_bytes(files.get('input_bytes'))} -> "
+                 f"{_human_bytes(files.get('output_bytes'))}")
+    ver = report.get("verification")
+    if ver:
+        worst = max((o["max_abs"] for o in ver["outputs"]), default=0.0)
+        cos = min((o["cosine"] for o in ver["outputs"]), default=1.0)
+        lines.append(f"  verified    {ver['samples']} {ver['inputs']} input(s): max abs error "
+                     f"{worst:.3g}, cosine {cos:.6f}")
+    for w in report.get("warnings", []):
+        lines.append(f"  warning: {w}")
+    return "\n".join(lines)
 
 
 def _file_size(path: str) -> int | None:
@@ -247,10 +444,110 @@ def run_inspect(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------------------
+# homec check / fmt / passes
+# ---------------------------------------------------------------------------------------
+
+
+def build_check_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=f"{PROG} check",
+                                description="Validate a schedule without a model (exit 2 on errors).")
+    p.add_argument("schedule", metavar="SCHEDULE", help="the schedule file (.hc)")
+    p.add_argument("-q", "--quiet", action="store_true", help="print nothing when valid")
+    return p
+
+
+def run_check(args: argparse.Namespace) -> int:
+    from homec.driver import load_schedule
+    from homec.schedule.ast import PassCall, walk
+
+    schedule = load_schedule(args.schedule)[0]
+    if not args.quiet:
+        calls = [s for s in walk(schedule.body) if isinstance(s, PassCall)]
+        names = sorted({c.name for c in calls})
+        print(f"{args.schedule}: ok ({len(calls)} pass calls: {', '.join(names) or 'none'})")
+    return int(ExitCode.OK)
+
+
+def build_fmt_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=f"{PROG} fmt",
+                                description="Print a schedule in normalized form.")
+    p.add_argument("schedule", metavar="SCHEDULE", help="the schedule file (.hc)")
+    return p
+
+
+def run_fmt(args: argparse.Namespace) -> int:
+    from homec.schedule.fmt import format_program
+    from homec.schedule.parse import parse_file
+
+    if not os.path.isfile(args.schedule):
+        raise UsageError("schedule file not found", path=args.schedule)
+    sys.stdout.write(format_program(parse_file(args.schedule)))
+    return int(ExitCode.OK)
+
+
+def build_passes_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=f"{PROG} passes",
+                                description="List the registered passes, their options and docs.")
+    p.add_argument("name", nargs="?", help="show one pass in full")
+    p.add_argument("--json", action="store_true", help="print as JSON")
+    return p
+
+
+def run_passes(args: argparse.Namespace) -> int:
+    from homec.registry import REGISTRY, unknown_pass_message
+
+    infos = REGISTRY.all()
+    if args.name:
+        info = REGISTRY.get(args.name)
+        if info is None:
+            raise UsageError(unknown_pass_message(args.name))
+        infos = [info]
+    if args.json:
+        print(json.dumps([{
+            "name": i.name, "summary": i.summary, "doc": i.doc, "module": i.module,
+            "tolerance": dataclasses.asdict(i.tolerance),
+            "options": [{"name": o.name, "type": o.describe(), "default": _json_safe(o.default)}
+                        for o in i.options.values()],
+        } for i in infos], indent=2, default=str))
+        return int(ExitCode.OK)
+    for i in infos:
+        print(f"{i.name}  —  {i.summary}")
+        for o in i.options.values():
+            print(f"    {o.name}: {o.describe()} = {_show_default(o.default)}")
+        if args.name:
+            print()
+            print("\n".join("    " + line for line in i.doc.splitlines()))
+    for err in REGISTRY.plugin_errors:
+        _print_err(f"{PROG}: warning: {err}")
+    return int(ExitCode.OK)
+
+
+def _json_safe(v):
+    return list(v) if isinstance(v, tuple) else v
+
+
+def _show_default(v) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, str):
+        return f'"{v}"'
+    if v is None:
+        return "none"
+    if isinstance(v, tuple):
+        return "[" + ", ".join(_show_default(x) for x in v) + "]"
+    return repr(v)
+
+
+# ---------------------------------------------------------------------------------------
 
 COMMANDS: dict[str, Command] = {
     "inspect": Command("inspect", "summarize a model (inputs, outputs, operators, parameters)",
                        build_inspect_parser, run_inspect),
+    "check": Command("check", "validate a schedule without a model", build_check_parser,
+                     run_check),
+    "fmt": Command("fmt", "print a schedule in normalized form", build_fmt_parser, run_fmt),
+    "passes": Command("passes", "list the registered passes with options and docs",
+                      build_passes_parser, run_passes),
 }
 
 

@@ -208,7 +208,7 @@ def test_internal_error_is_one_line_exit_70(monkeypatch, capsys, model: Path):
     from homec import cli
 
     monkeypatch.delenv("HOMEC_DEBUG", raising=False)
-    monkeypatch.setattr(hc, "load", _boom)
+    monkeypatch.setattr(hc, "compile", _boom)
     assert cli.main([str(model)]) == 70
     err = capsys.readouterr().err
     assert err.strip() == ("homec: internal error: RuntimeError: something broke "
@@ -220,7 +220,7 @@ def test_internal_error_with_debug_shows_traceback(monkeypatch, capsys, model: P
     from homec import cli
 
     monkeypatch.setenv("HOMEC_DEBUG", "1")
-    monkeypatch.setattr(hc, "load", _boom)
+    monkeypatch.setattr(hc, "compile", _boom)
     assert cli.main([str(model)]) == 70
     err = capsys.readouterr().err
     assert "Traceback" in err and "RuntimeError: something" in err
@@ -235,7 +235,7 @@ def test_ir_error_counts_as_internal(monkeypatch, capsys, model: Path):
         raise IRError("graph 'g': cycle")
 
     monkeypatch.delenv("HOMEC_DEBUG", raising=False)
-    monkeypatch.setattr(hc, "load", bad)
+    monkeypatch.setattr(hc, "compile", bad)
     assert cli.main([str(model)]) == 70
     assert capsys.readouterr().err.startswith("homec: internal error: IRError: ")
 
@@ -247,7 +247,7 @@ def test_keyboard_interrupt_exits_130_quietly(monkeypatch, capsys, model: Path):
     def interrupt(*_a, **_k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(hc, "load", interrupt)
+    monkeypatch.setattr(hc, "compile", interrupt)
     assert cli.main([str(model)]) == 130
     captured = capsys.readouterr()
     assert captured.out == "" and captured.err == ""
