@@ -1,0 +1,1 @@
+"""An example homec plugin: passes registered through the `homec.passes` entry point."""
