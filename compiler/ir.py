@@ -817,6 +817,8 @@ class Graph:
         """
         if old is new:
             return 0
+        if new.type is None and old.type is not None:
+            new.type = old.type  # a replacement has the type of what it replaces
         count = 0
         for node, slot in old.uses:
             assert node.graph is not None
