@@ -194,7 +194,7 @@ _TYPED_FIELDS = {
     "int64_data": {7: 1},
     "uint64_data": {12: 1, 13: 1},
     "int32_data": {2: 1, 3: 1, 4: 1, 5: 1, 6: 1, 9: 1, 10: 1, 16: 1, 17: 1, 18: 1, 19: 1, 20: 1,
-                   24: 1, 21: 2, 22: 2, 23: 2, 25: 4, 26: 4},
+                   24: 1, 27: 1, 28: 1, 21: 2, 22: 2, 23: 2, 25: 4, 26: 4},
 }
 
 
@@ -294,7 +294,14 @@ def _read_external(t: onnx.TensorProto, base_dir: str, label: str) -> bytes:
     if length != expected:
         raise InvalidModelError(f"{where} length {length} does not match the tensor's size of "
                                 f"{expected} bytes", path=label)
-    with open(full, "rb") as f:
+    try:  # O_NOFOLLOW: the file cannot be swapped for a symlink between the checks and here
+        fd = os.open(full, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except OSError as e:
+        raise InvalidModelError(f"{where} file {location!r} cannot be opened ({e.strerror})",
+                                path=label) from None
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            raise InvalidModelError(f"{where} file {location!r} is not a regular file", path=label)
         f.seek(offset)
         data = f.read(length)
     if len(data) != length:
@@ -360,6 +367,8 @@ def type_from_proto(tp: onnx.TypeProto) -> Type:
 def _decode_tensor(encoded: bytes) -> np.ndarray:
     t = onnx.TensorProto()
     t.ParseFromString(encoded)
+    if t.data_type == STRING:  # ONNX strings are bytes and need not be UTF-8
+        return np.array(list(t.string_data), dtype=object).reshape(tuple(t.dims))
     return numpy_helper.to_array(t)
 
 
@@ -585,11 +594,18 @@ class _ModelReader:
             value = [type_from_proto(x) for x in a.type_protos]
         else:
             value = None
+        if a.ref_attr_name and t in _SCALAR_FIELD and not a.HasField(_SCALAR_FIELD[t]):
+            value = None  # a reference to the calling node's attribute, with no own value
         attr = Attr(a.name, t, value, ref_attr_name=a.ref_attr_name, doc_string=a.doc_string)
         attr.opaque["empty"] = _empty_present(a)
         if not a.HasField("type"):
             attr.opaque["untyped"] = True  # very old producers omit it
         return attr
+
+
+_SCALAR_FIELD = {AttrType.FLOAT: "f", AttrType.INT: "i", AttrType.STRING: "s",
+                 AttrType.TENSOR: "t", AttrType.GRAPH: "g", AttrType.SPARSE_TENSOR: "sparse_tensor",
+                 AttrType.TYPE_PROTO: "tp"}
 
 
 def _infer_attr_type(a: onnx.AttributeProto) -> AttrType:
@@ -896,6 +912,9 @@ def save(model: Graph | onnx.ModelProto, path: str | os.PathLike, *,
         raise OutputError(f"output folder {directory!r} does not exist", path=path)
     if external_data is None:
         external_data = _weight_bytes(proto) > AUTO_EXTERNAL_THRESHOLD
+    for p in (path, path + ".data") if external_data else (path,):
+        if os.path.isdir(p):
+            raise OutputError(f"{p!r} is a directory", path=path)
     tmp_dir = None
     try:
         tmp_dir = tempfile.mkdtemp(prefix=".homec-", dir=directory)
@@ -907,8 +926,20 @@ def save(model: Graph | onnx.ModelProto, path: str | os.PathLike, *,
             tmp_model = os.path.join(tmp_dir, os.path.basename(path))
             with open(tmp_model, "wb") as f:
                 f.write(m.SerializeToString(deterministic=True))
-            os.replace(os.path.join(tmp_dir, data_name), os.path.join(directory, data_name))
-            os.replace(tmp_model, path)
+            final_data = os.path.join(directory, data_name)
+            backup = None
+            if os.path.exists(final_data):  # keep the old weights until the model is in place
+                backup = os.path.join(tmp_dir, data_name + ".old")
+                os.replace(final_data, backup)
+            try:
+                os.replace(os.path.join(tmp_dir, data_name), final_data)
+                os.replace(tmp_model, path)
+            except OSError:
+                if backup is not None:
+                    os.replace(backup, final_data)
+                elif os.path.exists(final_data):
+                    os.unlink(final_data)
+                raise
         else:
             tmp_model = os.path.join(tmp_dir, os.path.basename(path))
             data = proto.SerializeToString(deterministic=True)
