@@ -133,7 +133,9 @@ class OptionSpec:
             for item in value:
                 v, err = self.element.check(item)
                 if err:
-                    return None, err.replace(f"option `{self.element.name}`",
+                    return None, err.replace(f"option `{self.element.name}` expects",
+                                             f"elements of option `{self.name}` expect").replace(
+                                             f"option `{self.element.name}`",
                                              f"elements of option `{self.name}`")
                 out.append(v)
             return tuple(out), None
@@ -206,6 +208,10 @@ def _spec_from_annotation(name: str, annotation: Any, default: Any, owner: str) 
         if len(args) != 1:
             raise RegistryError(f"pass {owner!r}: option {name!r} has an unsupported union type")
         annotation = args[0]
+        if get_origin(annotation) is Annotated:  # Annotated[int, Range(..)] | None
+            base, *extras = get_args(annotation)
+            rng = next((e for e in extras if isinstance(e, Range)), rng)
+            annotation = base
         origin = get_origin(annotation)
     if annotation is bool:
         return OptionSpec(name, "bool", default, optional=optional)
@@ -244,13 +250,23 @@ def options_from_signature(fn: Callable[..., Any], owner: str) -> dict[str, Opti
     return specs
 
 
+# Words that start constructs in the schedule language.
+_RESERVED_NAMES = frozenset({"include", "pipeline", "schedule", "repeat", "fixpoint", "when",
+                             "else", "on", "where", "true", "false", "none"})
+
+
 class PassRegistry:
-    def __init__(self) -> None:
+    def __init__(self, *, load_plugins: bool = True) -> None:
+        """A registry; `load_plugins=False` makes a private one without built-ins or
+        entry points (for tests and embedding)."""
         self._passes: dict[str, PassInfo] = {}
-        self._plugins_loaded = False
+        self._plugins_loaded = not load_plugins
         self.plugin_errors: list[str] = []
 
     def add(self, info: PassInfo) -> PassInfo:
+        if not info.name.isidentifier() or info.name in _RESERVED_NAMES:
+            raise RegistryError(f"pass name {info.name!r} from {info.module} cannot be called "
+                                "from a schedule; use an identifier that is not a keyword")
         if info.name in self._passes:
             other = self._passes[info.name]
             raise RegistryError(f"pass {info.name!r} from {info.module} is already registered "

@@ -11,6 +11,8 @@ IR `TensorType`s. The protobuf handling is confined to this module's private hel
 from __future__ import annotations
 
 import logging
+import os
+import tempfile
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -211,8 +213,16 @@ def _ort_symbolic(model: Any) -> dict[str, TensorType]:
     log = logging.getLogger("onnxruntime.tools.symbolic_shape_infer")
     level = log.level
     log.setLevel(logging.CRITICAL)
+    # When inference is incomplete, onnxruntime saves "sym_shape_infer_temp.onnx" in the
+    # current directory; run it from a scratch directory so nothing lands in the user's.
+    cwd = os.getcwd()
     try:
-        out = SymbolicShapeInference.infer_shapes(model, auto_merge=True, verbose=0)
+        with tempfile.TemporaryDirectory(prefix="homec-shapes-") as scratch:
+            os.chdir(scratch)
+            try:
+                out = SymbolicShapeInference.infer_shapes(model, auto_merge=True, verbose=0)
+            finally:
+                os.chdir(cwd)
     except Exception:
         return {}
     finally:
