@@ -133,10 +133,11 @@ class OptionSpec:
             for item in value:
                 v, err = self.element.check(item)
                 if err:
-                    return None, err.replace(f"option `{self.element.name}` expects",
-                                             f"elements of option `{self.name}` expect").replace(
-                                             f"option `{self.element.name}`",
-                                             f"elements of option `{self.name}`")
+                    old = f"option `{self.element.name}`"
+                    new = f"elements of option `{self.name}`"
+                    if err.startswith(old + " expects"):
+                        return None, new + " expect" + err[len(old + " expects"):]
+                    return None, err.replace(old, new, 1)
                 out.append(v)
             return tuple(out), None
         raise AssertionError(self.kind)
