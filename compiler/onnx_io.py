@@ -706,14 +706,28 @@ def _value_info(name: str, type: Type | None, doc: str, meta: list[tuple[str, st
 
 
 class _Emitter:
+    def __init__(self, weights_as_inputs_over: int | None = None):
+        self.weights_as_inputs_over = weights_as_inputs_over
+
+    def _as_input(self, g: Graph, v: Value) -> bool:
+        """For analysis-only emission: large float weights become typed graph inputs, so
+        shape inference need not serialize (or read) their data."""
+        limit = self.weights_as_inputs_over
+        return (limit is not None and g.parent is None and isinstance(v.const, Tensor)
+                and v.const.dtype not in (6, 7) and v.const.nbytes > limit)
+
     def graph(self, g: Graph, out: onnx.GraphProto) -> None:
         declared = g._declared
         for n in g.nodes:
             self.node(n, out.node.add())
         if g.name:
             out.name = g.name
+        elided = []
         for v in g._initializers.values():
             if isinstance(v.const, Tensor):
+                if self._as_input(g, v):
+                    elided.append(v)
+                    continue
                 tensor_to_proto(v.const, out.initializer.add())
                 if out.initializer[-1].name != v.name:
                     out.initializer[-1].name = v.name
@@ -725,6 +739,11 @@ class _Emitter:
         for v in g._inputs:
             _value_info(v.name, v.type, v.doc_string, v.metadata, out.input.add(),
                         v._opaque.get("empty", ()))
+        for v in elided:
+            if not v.is_graph_input:
+                t = v.const
+                _value_info(v.name, TensorType(t.dtype, tuple(Dim(value=d) for d in t.dims)),
+                            "", [], out.input.add())
         for v in g._outputs:
             d = declared.get(("output", v.name))
             if d is not None and d[0] == v.type:
@@ -845,8 +864,12 @@ class _Emitter:
         _restore_empty(out, f.body._opaque.get("empty", ()))
 
 
-def graph_to_model(graph: Graph) -> onnx.ModelProto:
-    """Emit a top-level IR graph as a ModelProto (weights inline)."""
+def graph_to_model(graph: Graph, *, weights_as_inputs_over: int | None = None) -> onnx.ModelProto:
+    """Emit a top-level IR graph as a ModelProto (weights inline).
+
+    `weights_as_inputs_over=N` is for analyses (shape inference): float initializers over N
+    bytes are emitted as typed graph inputs without their data.
+    """
     if graph.parent is not None:
         raise IRError("to_onnx() is for top-level graphs; this is a subgraph")
     info = graph.model or ModelInfo()
@@ -863,7 +886,7 @@ def graph_to_model(graph: Graph) -> onnx.ModelProto:
         m.model_version = info.model_version
     if info.doc_string:
         m.doc_string = info.doc_string
-    em = _Emitter()
+    em = _Emitter(weights_as_inputs_over)
     em.graph(graph, m.graph)
     _set_props(m.metadata_props, info.metadata)
     for blob in info.opaque.get("training_info", []):

@@ -178,7 +178,10 @@ def _run_inference(graph: Graph, pinned: Mapping[str, tuple[int, ...]],
     """Types found by ONNX inference, refined by onnxruntime's when dims remain unknown."""
     import onnx
 
-    model = graph.to_onnx()
+    from homec.onnx_io import graph_to_model
+
+    # Large float weights as typed inputs: inference needs their shapes, not their bytes.
+    model = graph_to_model(graph, weights_as_inputs_over=4096)
     for inp in model.graph.input:
         if inp.name in pinned:
             shape = inp.type.tensor_type.shape
