@@ -1,0 +1,315 @@
+"""onnxruntime as the reference semantics: run models, make inputs, compare outputs.
+
+    run_ort(model, feeds)                  outputs, graph optimizations off, one thread
+    random_feeds(model, seed)              inputs of the right dtypes and shapes
+    compare(ref, got, tolerance)           per-output errors judged by a pass's Tolerance
+    save_regression(model, seed, folder, reason)   keep a failing model for re-running
+
+How `compare` judges (per output; `Tolerance` from homec.registry):
+
+* shapes and dtypes must match, and NaNs must sit at the same places (an infinity must match
+  exactly);
+* exact tolerance (atol = rtol = 0, not lossy): the values must be equal;
+* otherwise `max|got - ref| <= atol + rtol * max|ref|` -- the relative part is taken
+  against the output's largest magnitude, not elementwise, so a value that cancels to
+  almost zero inside a re-associated sum does not fail a float_refold pass;
+* a lossy tolerance with `min_cosine` also needs cosine(ref, got) >= min_cosine.
+
+Besides the verdict each output reports max abs error, max elementwise relative error
+(|got - ref| / |ref| over |ref| > 1e-6 * max|ref|) and cosine similarity.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnx.numpy_helper
+
+from homec.registry import Tolerance
+
+__all__ = ["Comparison", "OutputComparison", "compare", "finite_summary", "model_proto",
+           "random_feeds", "regression_info", "run_ort", "save_regression"]
+
+DEFAULT_SYMBOLIC_DIM = 2  # batch 2 catches passes that assume batch 1
+
+
+def model_proto(model: Any) -> onnx.ModelProto:
+    """A ModelProto from a ModelProto, a homec Graph, serialized bytes or a path."""
+    if isinstance(model, onnx.ModelProto):
+        return model
+    if hasattr(model, "to_onnx"):
+        return model.to_onnx()
+    if isinstance(model, (bytes, bytearray)):
+        m = onnx.ModelProto()
+        m.ParseFromString(bytes(model))
+        return m
+    return onnx.load(os.fspath(model))
+
+
+def _session(model: Any, optimize: bool):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
+                                   else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
+    so.intra_op_num_threads = 1
+    so.inter_op_num_threads = 1
+    so.log_severity_level = 3
+    if isinstance(model, (str, os.PathLike)) and not isinstance(model, bytes):
+        src: Any = os.fspath(model)
+    else:
+        src = model_proto(model).SerializeToString()
+    return ort.InferenceSession(src, so, providers=["CPUExecutionProvider"])
+
+
+def run_ort(model: Any, feeds: Mapping[str, np.ndarray], *, optimize: bool = False) -> list[np.ndarray]:
+    """Run `model` (ModelProto, homec Graph, bytes or path) on `feeds`; outputs in graph order.
+
+    CPU provider, one thread, graph optimizations disabled unless `optimize` (so the
+    reference is onnxruntime's kernels, not its own graph rewrites).
+    """
+    sess = _session(model, optimize)
+    names = {i.name for i in sess.get_inputs()}
+    return sess.run(None, {k: v for k, v in feeds.items() if k in names})
+
+
+def _np_dtype(elem_type: int) -> np.dtype:
+    return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(elem_type))
+
+
+def random_feeds(model: Any, seed: int, *, dim_values: Mapping[str, int] | None = None,
+                 override_initializers: bool = False) -> dict[str, np.ndarray]:
+    """Random inputs for every graph input that is not an initializer.
+
+    With `override_initializers`, graph inputs that also have an initializer (IR >= 4
+    defaults a caller may override) are fed too: float ones with their default times a
+    random factor in [0.5, 1.5) per element (signs kept, so variances stay positive),
+    others with the default itself. A pass that wrongly treats such an input as a constant
+    then shows up as an output mismatch.
+
+    Floats are standard normal, signed ints uniform in [-5, 5), unsigned ints in [0, 10),
+    bools fair coins. A symbolic dim takes `dim_values[param]` when given, else
+    DEFAULT_SYMBOLIC_DIM (2); an unknown dim (no value, no name) takes 1.
+    Deterministic: numpy default_rng(seed), inputs in graph order.
+    """
+    m = model_proto(model)
+    rng = np.random.default_rng(seed)
+    dim_values = dict(dim_values or {})
+    inits = {t.name for t in m.graph.initializer} | {t.values.name for t in m.graph.sparse_initializer}
+    feeds: dict[str, np.ndarray] = {}
+    defaults = {t.name: t for t in m.graph.initializer}
+    for vi in m.graph.input:
+        if vi.name in inits:
+            if override_initializers and vi.name in defaults:
+                arr = onnx.numpy_helper.to_array(defaults[vi.name])
+                if arr.dtype.kind == "f":
+                    arr = (arr * rng.uniform(0.5, 1.5, arr.shape)).astype(arr.dtype)
+                feeds[vi.name] = np.array(arr)
+            continue
+        tt = vi.type.tensor_type
+        if not vi.type.HasField("tensor_type"):
+            raise ValueError(f"random_feeds: input {vi.name!r} is not a tensor")
+        shape = []
+        for d in tt.shape.dim:
+            if d.HasField("dim_value"):
+                shape.append(d.dim_value)
+            elif d.HasField("dim_param") and d.dim_param:
+                shape.append(int(dim_values.get(d.dim_param, DEFAULT_SYMBOLIC_DIM)))
+            else:
+                shape.append(1)
+        dt = _np_dtype(tt.elem_type)
+        if dt.kind == "f":
+            arr = rng.standard_normal(shape).astype(dt)
+        elif dt.kind == "b":
+            arr = rng.random(shape) < 0.5
+        elif dt.kind == "u":
+            arr = rng.integers(0, 10, shape).astype(dt)
+        elif dt.kind == "i":
+            arr = rng.integers(-5, 5, shape).astype(dt)
+        else:
+            raise ValueError(f"random_feeds: input {vi.name!r} has unsupported dtype {dt}")
+        feeds[vi.name] = np.asarray(arr)
+    return feeds
+
+
+@dataclasses.dataclass
+class OutputComparison:
+    index: int
+    name: str
+    ok: bool
+    reason: str = ""
+    max_abs_err: float = 0.0
+    max_rel_err: float = 0.0
+    cosine: float = 1.0
+    ref_max_abs: float = 0.0
+    bound: float = 0.0  # the allowed max abs error
+
+    def describe(self) -> str:
+        head = f"output {self.index} {self.name!r}: {'ok' if self.ok else 'FAIL'}"
+        nums = (f"max_abs_err={self.max_abs_err:.3g} (allowed {self.bound:.3g}), "
+                f"max_rel_err={self.max_rel_err:.3g}, cosine={self.cosine:.9f}, "
+                f"max|ref|={self.ref_max_abs:.3g}")
+        return f"{head}: {self.reason + '; ' if self.reason else ''}{nums}"
+
+
+@dataclasses.dataclass
+class Comparison:
+    tolerance: Tolerance
+    outputs: list[OutputComparison]
+    reason: str = ""  # a failure not tied to one output (e.g. output count)
+
+    @property
+    def ok(self) -> bool:
+        return not self.reason and all(o.ok for o in self.outputs)
+
+    @property
+    def max_abs_err(self) -> float:
+        return max((o.max_abs_err for o in self.outputs), default=0.0)
+
+    @property
+    def min_cosine(self) -> float:
+        return min((o.cosine for o in self.outputs), default=1.0)
+
+    def describe(self) -> str:
+        t = self.tolerance
+        tol = ("exact" if _is_exact(t) else
+               f"atol={t.atol:g} rtol={t.rtol:g}" + (f" min_cosine={t.min_cosine:g}" if t.min_cosine is not None else ""))
+        lines = [f"{'ok' if self.ok else 'MISMATCH'} ({tol})"]
+        if self.reason:
+            lines.append("  " + self.reason)
+        bad = [o for o in self.outputs if not o.ok]
+        good = [o for o in self.outputs if o.ok]
+        lines += ["  " + o.describe() for o in bad]
+        if bad and good:
+            lines.append(f"  ({len(good)} other output(s) within tolerance)")
+        elif not bad:
+            lines += ["  " + o.describe() for o in good]
+        return "\n".join(lines)
+
+    def __bool__(self) -> bool:
+        return self.ok
+
+
+def _is_exact(t: Tolerance) -> bool:
+    return t.atol == 0 and t.rtol == 0 and not t.lossy and t.min_cosine is None
+
+
+def _compare_one(i: int, name: str, ref: np.ndarray, got: np.ndarray, t: Tolerance) -> OutputComparison:
+    ref = np.asarray(ref)
+    got = np.asarray(got)
+    oc = OutputComparison(i, name, True)
+    if ref.shape != got.shape:
+        oc.ok, oc.reason = False, f"shape {got.shape} != reference {ref.shape}"
+        return oc
+    if ref.dtype != got.dtype:
+        oc.ok, oc.reason = False, f"dtype {got.dtype} != reference {ref.dtype}"
+        return oc
+    if ref.size == 0:
+        return oc
+    r = ref.astype(np.float64)
+    g = got.astype(np.float64)
+    rnan, gnan = np.isnan(r), np.isnan(g)
+    if not np.array_equal(rnan, gnan):
+        oc.ok, oc.reason = False, f"NaN at {int((rnan ^ gnan).sum())} places where the other has a number"
+    rinf, ginf = np.isinf(r), np.isinf(g)
+    if not np.array_equal(np.where(rinf, r, 0), np.where(ginf, g, 0)):
+        oc.ok, oc.reason = False, "infinities differ"
+    fin = ~(rnan | gnan | rinf | ginf)
+    rf, gf = r[fin], g[fin]
+    diff = np.abs(gf - rf)
+    oc.max_abs_err = float(diff.max()) if diff.size else 0.0
+    oc.ref_max_abs = float(np.abs(rf).max()) if rf.size else 0.0
+    big = np.abs(rf) > 1e-6 * oc.ref_max_abs
+    oc.max_rel_err = float((diff[big] / np.abs(rf[big])).max()) if big.any() else 0.0
+    nr, ng = float(np.linalg.norm(rf)), float(np.linalg.norm(gf))
+    if nr == 0 and ng == 0:
+        oc.cosine = 1.0
+    elif nr == 0 or ng == 0:
+        oc.cosine = 0.0
+    else:
+        oc.cosine = float(np.dot(rf, gf) / (nr * ng))
+    if not oc.ok:
+        return oc
+    if _is_exact(t):
+        oc.bound = 0.0
+        if oc.max_abs_err > 0:
+            n = int((diff > 0).sum())
+            oc.ok, oc.reason = False, f"{n} of {diff.size} values differ (exact tolerance)"
+        return oc
+    oc.bound = t.atol + t.rtol * oc.ref_max_abs
+    if not oc.max_abs_err <= oc.bound:  # also catches an infinite atol vs nan
+        n = int((diff > oc.bound).sum())
+        oc.ok, oc.reason = False, f"{n} of {diff.size} values off by more than {oc.bound:.3g}"
+    if t.min_cosine is not None and oc.cosine < t.min_cosine:
+        oc.ok = False
+        oc.reason = (oc.reason + "; " if oc.reason else "") + f"cosine {oc.cosine:.6f} < {t.min_cosine}"
+    return oc
+
+
+def compare(ref: Sequence[np.ndarray], got: Sequence[np.ndarray], tolerance: Tolerance, *,
+            names: Sequence[str] | None = None) -> Comparison:
+    """Judge outputs `got` against reference outputs `ref` (same order) under `tolerance`."""
+    names = list(names) if names is not None else [f"#{i}" for i in range(len(ref))]
+    c = Comparison(tolerance, [])
+    if len(ref) != len(got):
+        c.reason = f"{len(got)} outputs, reference has {len(ref)}"
+    for i, (r, g) in enumerate(zip(ref, got)):
+        c.outputs.append(_compare_one(i, names[i] if i < len(names) else f"#{i}", r, g, tolerance))
+    return c
+
+
+def _safe(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.+=\[\]-]+", "_", text).strip("_") or "model"
+
+
+def save_regression(model: Any, seed: int, folder: str | os.PathLike, reason: str, *,
+                    prefix: str = "regression", extra: Mapping[str, str] | None = None) -> Path:
+    """Save `model` as `<folder>/<prefix>-<seed>.onnx`, recording why in its metadata.
+
+    metadata_props gets `homec.regression.seed`, `homec.regression.reason` (first 2000
+    characters) and `homec.regression.<key>` for each `extra` item (the differential test
+    stores the pass name there). Returns the path. Existing keys of the same name are
+    replaced; the rest of the model is saved unchanged.
+    """
+    m = onnx.ModelProto()
+    m.CopyFrom(model_proto(model))
+    props = {p.key: p.value for p in m.metadata_props}
+    props["homec.regression.seed"] = str(seed)
+    props["homec.regression.reason"] = reason[:2000]
+    for k, v in (extra or {}).items():
+        props[f"homec.regression.{k}"] = str(v)
+    del m.metadata_props[:]
+    onnx.helper.set_model_props(m, props)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{_safe(prefix)}-{int(seed)}.onnx"
+    tmp = path.with_suffix(".onnx.tmp")
+    tmp.write_bytes(m.SerializeToString(deterministic=True))
+    os.replace(tmp, path)
+    return path
+
+
+def regression_info(model: Any) -> dict[str, str]:
+    """The `homec.regression.*` metadata of a saved regression model (keys without prefix)."""
+    m = model_proto(model)
+    return {p.key.removeprefix("homec.regression."): p.value for p in m.metadata_props
+            if p.key.startswith("homec.regression.")}
+
+
+def finite_summary(outputs: Sequence[np.ndarray]) -> tuple[bool, float]:
+    """(all float outputs finite, largest magnitude among them) -- a generator sanity check."""
+    ok, big = True, 0.0
+    for o in outputs:
+        o = np.asarray(o)
+        if o.dtype.kind == "f" and o.size:
+            ok = ok and bool(np.isfinite(o).all())
+            big = max(big, float(np.nanmax(np.abs(o))) if np.isfinite(o).any() else math.inf)
+    return ok, big
