@@ -93,9 +93,13 @@ class OptionSpec:
         else:
             t = self.kind
         if self.range is not None:
-            lo = "" if self.range.min is None else f"{self.range.min:g}"
-            hi = "" if self.range.max is None else f"{self.range.max:g}"
-            t += f" in [{lo}, {hi}]"
+            lo, hi = self.range.min, self.range.max
+            if lo is not None and hi is not None:
+                t += f" in [{lo:g}, {hi:g}]"
+            elif lo is not None:
+                t += f" >= {lo:g}"
+            elif hi is not None:
+                t += f" <= {hi:g}"
         if self.optional:
             t += " | none"
         return t
