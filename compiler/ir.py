@@ -298,7 +298,7 @@ class Value:
     """A named SSA value: a graph input, an initializer, or a node output."""
 
     __slots__ = ("name", "type", "doc_string", "metadata", "graph", "producer", "output_index",
-                 "const", "_uses", "_opaque", "__weakref__")
+                 "const", "_uses", "_opaque", "_output_of", "__weakref__")
 
     def __init__(self, name: str, type: Type | None = None):
         self.name = name
@@ -311,6 +311,7 @@ class Value:
         self.const: Tensor | SparseTensor | None = None  # set for initializers
         self._uses: dict[tuple[int, int], tuple[Node, int]] = {}  # (node uid, slot) -> (node, slot)
         self._opaque: dict[str, Any] = {}  # source-format details, for lossless emission
+        self._output_of: dict[int, Graph] = {}  # id(graph) -> graph listing this as an output
 
     @property
     def uses(self) -> list[tuple[Node, int]]:
@@ -334,18 +335,9 @@ class Value:
 
     @property
     def is_graph_output(self) -> bool:
-        return any(self in g._output_set for g in self._graphs_outputting())
-
-    def _graphs_outputting(self) -> list[Graph]:
-        # A value can be an output of the graph that defines it, or of a nested graph
-        # that captures it (e.g. an If branch returning an outer value).
-        out = []
-        if self.graph is not None:
-            out.append(self.graph)
-        for node, _ in self._uses.values():
-            if node.graph is not None and node.graph is not self.graph:
-                out.append(node.graph)
-        return out
+        """An output of its graph, or of a nested graph returning it (an If branch
+        returning an outer value)."""
+        return bool(self._output_of)
 
     def tensor_type(self) -> TensorType | None:
         return self.type if isinstance(self.type, TensorType) else None
@@ -541,6 +533,7 @@ class Graph:
         self._opaque: dict[str, Any] = {}  # quantization_annotation etc., kept for emission
         self._order_cache: list[Node] | None = None
         self._name_counter = itertools.count()
+        self._name_cache: set[str] | None = None  # every name in the tree (root only), lazily
 
     # -- read access ----------------------------------------------------------------------
     @property
@@ -602,12 +595,15 @@ class Graph:
         return g
 
     def fresh_name(self, hint: str) -> str:
-        """A value/node name not used anywhere in this graph tree."""
+        """A value/node name not used anywhere in this graph tree (amortized O(1))."""
         root = self.root
-        names = root._all_value_names()
+        if root._name_cache is None:
+            root._name_cache = root._all_value_names()
+        names = root._name_cache
         while True:
             cand = f"{hint}__{next(root._name_counter)}"
             if cand not in names:
+                names.add(cand)
                 return cand
 
     def _all_value_names(self) -> set[str]:
@@ -659,8 +655,15 @@ class Graph:
         for v in outputs:
             if self.value(v.name) is not v:
                 raise IRError(f"graph output {v.name!r} is not defined in graph {self.name!r}")
-        self._outputs = list(outputs)
+        self._assign_outputs(list(outputs))
+
+    def _assign_outputs(self, outputs: list[Value]) -> None:
+        for v in self._outputs:
+            v._output_of.pop(id(self), None)
+        self._outputs = outputs
         self._output_set = set(outputs)
+        for v in outputs:
+            v._output_of[id(self)] = self
 
     def add_output(self, value: Value) -> None:
         self.set_outputs([*self._outputs, value])
@@ -682,6 +685,9 @@ class Graph:
         v.graph = self
         if v.name:
             self._values[v.name] = v
+            root = self.root
+            if root._name_cache is not None:
+                root._name_cache.add(v.name)
         return v
 
     def append(self, node: Node) -> Node:
@@ -729,6 +735,7 @@ class Graph:
         for sg in node.subgraphs():
             sg.parent = self
             self._link_captures(node, sg)
+            self.root._name_cache = None  # names inside the new subgraph are not cached
         self._invalidate()
         return node
 
@@ -825,22 +832,12 @@ class Graph:
             node.graph._set_input(node, slot, new)
             count += 1
         if include_outputs:
-            for g in self._graphs_with_output(old):
-                g._outputs = [new if v is old else v for v in g._outputs]
-                g._output_set = set(g._outputs)
+            for g in list(old._output_of.values()):
+                g._assign_outputs([new if v is old else v for v in g._outputs])
                 count += 1
+                if g is not new.graph and new.producer is not None and g.parent is not None:
+                    g._add_capture_edge(new)
         return count
-
-    def _graphs_with_output(self, value: Value) -> list[Graph]:
-        out = []
-        stack = [self.root]
-        while stack:
-            g = stack.pop()
-            if value in g._output_set:
-                out.append(g)
-            for n in g._nodes.values():
-                stack.extend(n.subgraphs())
-        return out
 
     def rename_value(self, value: Value, new_name: str) -> None:
         """Rename a value (e.g. so a graph output keeps its public name after a rewrite)."""
@@ -860,6 +857,8 @@ class Graph:
         g._value_info_names = [new_name if n == value.name else n for n in g._value_info_names]
         value.name = new_name
         g._values[new_name] = value
+        if g.root._name_cache is not None:
+            g.root._name_cache.add(new_name)
 
     def remove_nodes(self, nodes: Iterable[Node]) -> None:
         """Remove nodes whose outputs are no longer used.
@@ -879,7 +878,7 @@ class Graph:
                     if user._uid not in doomed_ids and not _inside(user, doomed_ids):
                         raise IRError(f"cannot remove {n!r}: its output {out.name!r} is still "
                                       f"used by {user!r}; replace its uses first")
-                if out.is_graph_output:
+                if any(not _graph_inside(g, doomed_ids) for g in out._output_of.values()):
                     raise IRError(f"cannot remove {n!r}: its output {out.name!r} is a graph "
                                   "output; replace it in the outputs first")
         for n in doomed:
@@ -903,6 +902,8 @@ class Graph:
         self._invalidate()
 
     def _detach_captures(self) -> None:
+        for v in self._outputs:
+            v._output_of.pop(id(self), None)
         for n in self._nodes.values():
             for slot, v in enumerate(n._inputs):
                 if v is not None and v.graph is not self:
@@ -1013,6 +1014,16 @@ class Graph:
 
     def __repr__(self) -> str:
         return f"Graph({self.name!r}, {len(self._nodes)} nodes)"
+
+
+def _graph_inside(g: Graph, doomed_ids: set[int]) -> bool:
+    """True if graph `g` is the body of one of the doomed nodes (or nested in one)."""
+    while g.parent is not None:
+        owner = g._owner_node()
+        if owner is not None and owner._uid in doomed_ids:
+            return True
+        g = g.parent
+    return False
 
 
 def _inside(node: Node, doomed_ids: set[int]) -> bool:

@@ -253,3 +253,52 @@ def test_iteration_and_emission_are_deterministic_across_loads():
     a = homec.load(m).to_onnx().SerializeToString(deterministic=True)
     b = homec.load(m).to_onnx().SerializeToString(deterministic=True)
     assert a == b == m.SerializeToString(deterministic=True)
+
+
+def _if_returning_outer() -> onnx.ModelProto:
+    """An If whose then-branch returns the outer value `a` directly (no nodes)."""
+    then_g = oh.make_graph([], "then", [], [oh.make_tensor_value_info("a", F32, [2])])
+    else_g = oh.make_graph([oh.make_node("Neg", ["x"], ["e"])], "else", [],
+                           [oh.make_tensor_value_info("e", F32, [2])])
+    nodes = [oh.make_node("Relu", ["x"], ["a"], name="producer"),
+             oh.make_node("If", ["cond"], ["y"], name="if", then_branch=then_g, else_branch=else_g)]
+    g = oh.make_graph(nodes, "main", [oh.make_tensor_value_info("x", F32, [2]),
+                                      oh.make_tensor_value_info("cond", onnx.TensorProto.BOOL, [])],
+                      [oh.make_tensor_value_info("y", F32, [2])])
+    return oh.make_model(g, opset_imports=[oh.make_opsetid("", 17)])
+
+
+def test_outer_value_returned_by_a_branch_counts_as_an_output():
+    g = homec.load(_if_returning_outer())
+    a = g.value("a")
+    assert a.is_graph_output
+    with pytest.raises(IRError, match="graph output"):
+        g.remove_nodes([a.producer])
+    x = g.value("x")
+    g.replace_all_uses(a, x)  # also rewrites the branch's output list
+    g.remove_nodes([a.producer])
+    g.verify()
+    ifn = g.nodes[0]
+    assert ifn.attr("then_branch").outputs == (x,)
+    assert not a.is_graph_output
+
+
+def test_removing_owner_and_producer_together_is_allowed():
+    g = homec.load(_if_returning_outer())
+    a, ifn = g.value("a"), [n for n in g.nodes if n.op_type == "If"][0]
+    g.set_outputs([g.value("x")])
+    g.remove_nodes([a.producer, ifn])
+    g.verify()
+    assert len(g) == 0
+
+
+def test_fresh_names_stay_unique_while_the_graph_grows():
+    g, v = small_graph()
+    seen = set()
+    prev = v["y"]
+    for _ in range(200):
+        name = g.fresh_name("t")
+        assert name not in seen and g.value(name) is None
+        seen.add(name)
+        prev = g.append(Node("Neg", [prev], [name])).outputs[0]
+    g.verify()
