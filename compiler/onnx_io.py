@@ -742,7 +742,7 @@ class _Emitter:
         for v in elided:
             if not v.is_graph_input:
                 t = v.const
-                _value_info(v.name, TensorType(t.dtype, tuple(Dim(value=d) for d in t.dims)),
+                _value_info(v.name, TensorType(t.dtype, tuple(Dim.of(d) for d in t.dims)),
                             "", [], out.input.add())
         for v in g._outputs:
             d = declared.get(("output", v.name))

@@ -81,7 +81,7 @@ def can_add_constant(graph: Graph) -> bool:
 
 def tensor_type_of(data: Tensor | np.ndarray) -> TensorType:
     if isinstance(data, Tensor):
-        return TensorType(data.dtype, tuple(Dim(value=d) for d in data.dims))
+        return TensorType(data.dtype, tuple(Dim.of(d) for d in data.dims))
     return TensorType(onnx_dtype_of(data.dtype), tuple(Dim(value=int(d)) for d in data.shape))
 
 

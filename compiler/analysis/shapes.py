@@ -102,7 +102,7 @@ def infer_shapes(
         c = v.const
         if isinstance(c, (Tensor, SparseTensor)):
             dtype = c.dtype if isinstance(c, Tensor) else c.values.dtype
-            result[name] = TensorType(dtype, tuple(Dim(value=d) for d in c.dims),
+            result[name] = TensorType(dtype, tuple(Dim.of(d) for d in c.dims),
                                       sparse=isinstance(c, SparseTensor))
     return result
 
@@ -237,18 +237,31 @@ def _types_of(model: Any) -> dict[str, TensorType]:
     """Tensor types of a ModelProto's graph inputs, outputs and value_info, by name."""
     out: dict[str, TensorType] = {}
     g = model.graph
+    # Large graphs repeat a few types many times: convert each distinct TypeProto once.
+    converted: dict[bytes, TensorType | None] = {}
     for vi in [*g.input, *g.value_info, *g.output]:
-        which = vi.type.WhichOneof("value")
-        if which not in ("tensor_type", "sparse_tensor_type"):
-            continue
-        tt = getattr(vi.type, which)
-        shape = None
-        if tt.HasField("shape"):
-            shape = tuple(
-                Dim(value=d.dim_value) if d.HasField("dim_value")
-                else Dim(param=d.dim_param or None) if d.HasField("dim_param") else Dim()
-                for d in tt.shape.dim
-            )
-        t = TensorType(tt.elem_type, shape, sparse=which == "sparse_tensor_type")
-        out[vi.name] = _merge(out.get(vi.name), t)
+        key = vi.type.SerializeToString()
+        t = converted.get(key, _MISSING)
+        if t is _MISSING:
+            t = converted[key] = _tensor_type_of_proto(vi.type)
+        if t is not None:
+            out[vi.name] = _merge(out.get(vi.name), t) if vi.name in out else t
     return out
+
+
+_MISSING: Any = object()
+
+
+def _tensor_type_of_proto(tp: Any) -> TensorType | None:
+    which = tp.WhichOneof("value")
+    if which not in ("tensor_type", "sparse_tensor_type"):
+        return None
+    tt = getattr(tp, which)
+    shape = None
+    if tt.HasField("shape"):
+        shape = tuple(
+            Dim.of(d.dim_value) if d.HasField("dim_value")
+            else Dim(param=d.dim_param or None) if d.HasField("dim_param") else Dim()
+            for d in tt.shape.dim
+        )
+    return TensorType(tt.elem_type, shape, sparse=which == "sparse_tensor_type")
