@@ -270,6 +270,7 @@ def test_readme_first_command_works(tmp_path: Path):
     (tmp_path / "out").mkdir()
     (tmp_path / "examples").mkdir()
     shutil.copyfile(EXAMPLE, tmp_path / "examples" / "kws_cnn.onnx")
+    shutil.copyfile(REPO / "examples" / "cleanup.hc", tmp_path / "examples" / "cleanup.hc")
     # The console script lives beside this interpreter's other scripts.
     env = {**os.environ, "PATH": sysconfig.get_path("scripts") + os.pathsep + os.environ["PATH"]}
     env.pop("HOMEC_DEBUG", None)

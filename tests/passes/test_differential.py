@@ -37,8 +37,10 @@ A pass (or option) that is not registered yet is skipped with the reason.
 Known non-bug: QuantizeLinear and Cast to float16 or an integer type round, so a pass that
 legitimately moves a value by one ulp (float refolding) can flip an element by one
 quantization step (or one float16 ulp, or one integer). For a pass with a non-exact
-tolerance on a model with such a rounding step, a mismatch confined to <= 1% of the
-elements with cosine >= 0.999 is reported as a warning, not a failure.
+tolerance on a model with such a rounding step, a mismatch with cosine >= 0.9999 and
+either <= 1% of the elements off or every element within 1e-3 of the output's magnitude is
+reported as a warning, not a failure (models without rounding steps, about half of them,
+keep the strict check).
 """
 
 from __future__ import annotations
@@ -202,6 +204,10 @@ def _changes(stats: dict) -> dict:
 
 
 def _looks_like_rounding_flip(case: Case, tol: Tolerance, cmp) -> bool:
+    """A mismatch a legitimate ulp-level change explains once a rounding step amplified it:
+    the model rounds somewhere, the pass may refold floats, and every failing output is
+    still almost parallel to the reference (cosine >= 0.9999) with either few values off
+    (<= 1%) or all of them close (max error <= 1e-3 of the output's magnitude)."""
     if not case.rounding or (tol.atol == 0 and tol.rtol == 0):
         return False
     if cmp.reason:
@@ -209,11 +215,13 @@ def _looks_like_rounding_flip(case: Case, tol: Tolerance, cmp) -> bool:
     for o in cmp.outputs:
         if o.ok:
             continue
-        if "values off by" not in o.reason or o.cosine < 0.999:
+        if "values off by" not in o.reason or o.cosine < 0.9999:
             return False
         n_bad = int(o.reason.split(" of ")[0])
         total = int(o.reason.split(" of ")[1].split()[0])
-        if n_bad > max(1, total // 100):
+        few = n_bad <= max(1, total // 100)
+        close = o.max_abs_err <= 1e-3 * o.ref_max_abs
+        if not (few or close):
             return False
     return True
 
