@@ -40,10 +40,12 @@ if tool == "homec":
     from homec.context import PassContext
     from homec.registry import REGISTRY
     cleanup = REGISTRY.get("cleanup")
+    from homec.ir import gc_paused
     t0 = time.perf_counter()
     g = homec.load(model)
-    stats = cleanup.fn(g, PassContext(), **cleanup.bind({}))
-    out = g.to_onnx()
+    with gc_paused():  # as the pass manager runs every pass
+        stats = cleanup.fn(g, PassContext(), **cleanup.bind({}))
+        out = g.to_onnx()
     t = time.perf_counter() - t0
 elif tool == "onnxslim":
     import onnxslim

@@ -18,8 +18,10 @@ file (new nodes take the position of the node they were inserted beside).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import enum
+import gc
 import functools
 import heapq
 import math
@@ -31,6 +33,22 @@ import networkx as nx
 import numpy as np
 
 from homec.errors import IRError
+
+@contextlib.contextmanager
+def gc_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector while building or rewriting a large graph.
+
+    Creating hundreds of thousands of small objects triggers repeated full collections that
+    make graph work super-linear in the node count; collection resumes (and catches up)
+    afterwards."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
 
 # ---------------------------------------------------------------------------------------
 # Types
@@ -431,6 +449,8 @@ class Node:
 
     def set_attr(self, name: str, value: Any) -> None:
         self.attrs[name] = value if isinstance(value, Attr) else Attr.infer(name, value)
+        if self.graph is not None and self.attrs[name].type in (AttrType.GRAPH, AttrType.GRAPHS):
+            self.graph._owners_cache = None
 
     def subgraphs(self) -> list[Graph]:
         out: list[Graph] = []
@@ -543,6 +563,7 @@ class Graph:
         self._order_cache: list[Node] | None = None
         self._name_counter = itertools.count()
         self._name_cache: set[str] | None = None  # every name in the tree (root only), lazily
+        self._owners_cache: list[Node] | None = None  # nodes holding subgraphs
 
     # -- read access ----------------------------------------------------------------------
     @property
@@ -587,10 +608,25 @@ class Graph:
 
     def all_nodes(self) -> Iterator[Node]:
         """Nodes of this graph and of every nested subgraph, depth first."""
+        owners = set(id(n) for n in self.subgraph_owners())
         for node in self.nodes:
             yield node
-            for sg in node.subgraphs():
-                yield from sg.all_nodes()
+            if owners and id(node) in owners:
+                for sg in node.subgraphs():
+                    yield from sg.all_nodes()
+
+    def subgraph_owners(self) -> list[Node]:
+        """Nodes of this graph holding subgraphs (If/Loop/Scan...), in topological order."""
+        if self._owners_cache is None:
+            self._owners_cache = [n for n in self.nodes if n.subgraphs()]
+        return list(self._owners_cache)
+
+    def subgraphs(self) -> Iterator[Graph]:
+        """This graph and every nested subgraph, parents before children."""
+        yield self
+        for n in self.subgraph_owners():
+            for sg in n.subgraphs():
+                yield from sg.subgraphs()
 
     def opset(self, domain: str = "") -> int | None:
         root = self.root
@@ -931,6 +967,7 @@ class Graph:
 
     # -- ordering -------------------------------------------------------------------------
     def _invalidate(self) -> None:
+        self._owners_cache = None
         g: Graph | None = self
         while g is not None:
             g._order_cache = None

@@ -14,7 +14,6 @@ quantization annotations, node device configurations) travel as opaque bytes.
 
 from __future__ import annotations
 
-import gc
 import math
 import os
 import stat
@@ -46,6 +45,7 @@ from homec.ir import (
     TensorType,
     Type,
     Value,
+    gc_paused,
     normalize_domain,
 )
 
@@ -64,13 +64,8 @@ def load(src: str | os.PathLike | onnx.ModelProto | bytes) -> Graph:
     """Load an ONNX model (a path, serialized bytes or a ModelProto) into the IR, safely."""
     # Building many small objects triggers repeated full garbage collections that make
     # loading super-linear in the node count; the IR has no reference cycles to collect.
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
+    with gc_paused():
         return _load(src)
-    finally:
-        if was_enabled:
-            gc.enable()
 
 
 def _load(src: str | os.PathLike | onnx.ModelProto | bytes) -> Graph:
@@ -544,6 +539,7 @@ class _ModelReader:
         # Phase 2: attributes (subgraphs see every outer value) and inputs.
         for np_, node in zip(protos, built):
             node.attrs = {a.name: self.read_attr(a, g) for a in np_.attribute}
+            g._owners_cache = None
             for sg in node.subgraphs():
                 g._link_captures(node, sg)
             inputs: list[Value | None] = []

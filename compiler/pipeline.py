@@ -19,7 +19,7 @@ import onnx
 
 from homec.context import PassContext, Selector
 from homec.errors import ExitCode, HomecError, IRError, VerificationError
-from homec.ir import Graph
+from homec.ir import Graph, gc_paused
 from homec.registry import PassInfo, Tolerance
 from homec.schedule.ast import Fixpoint, PassCall, PipelineRef, Repeat, Schedule, Stmt, When
 
@@ -159,7 +159,8 @@ class PipelineRunner:
         nodes_before = len(self.graph)
         t0 = time.perf_counter()
         try:
-            stats = info.fn(self.graph, ctx, **options)
+            with gc_paused():
+                stats = info.fn(self.graph, ctx, **options)
         except HomecError:
             raise
         except Exception as e:

@@ -49,10 +49,7 @@ def opset(graph: Graph, domain: str = "") -> int:
 
 def all_graphs(graph: Graph) -> Iterator[Graph]:
     """`graph` and every nested subgraph, parents before children."""
-    yield graph
-    for node in graph.nodes:
-        for sg in node.subgraphs():
-            yield from all_graphs(sg)
+    yield from graph.subgraphs()
 
 
 def is_const(v: Value | None) -> bool:
