@@ -32,6 +32,7 @@ def fold_constants(
     *,
     max_output_bytes: Annotated[int, Range(0, None)] = 64 * MiB,
     fold_dequantize: bool = False,
+    cap_weights: bool = False,
 ) -> Stats:
     """Replace Constant nodes by initializers and nodes with all-constant inputs by their values.
 
@@ -56,6 +57,11 @@ def fold_constants(
         folds every ConstantOfShape weight of ResNet50/DenseNet-size models); a larger value
         stays computed at run time and is reported as `skipped_too_large`.
       fold_dequantize: also fold DequantizeLinear of constant (quantized) weights.
+      cap_weights: apply `max_output_bytes` to layer weights too. By default a value read
+        only as the weight or bias of Conv/ConvTranspose/Gemm/MatMul is folded whatever its
+        size: a runtime materializes it anyway, and pruning, low-rank factorization and
+        quantization need weights as initializers (the cap exists so Tile/Expand of
+        activations cannot blow the model up).
 
     Statistics: lifted_constants (Constant nodes made initializers), folded_nodes (evaluated
     nodes removed), new_initializers (initializers created), and the observations
@@ -72,7 +78,7 @@ def fold_constants(
         if not can_add_constant(g):
             continue
         _lift_constants(g, ctx, st, names)
-        _fold_graph(g, ctx, st, types, max_output_bytes, fold_dequantize, names)
+        _fold_graph(g, ctx, st, types, max_output_bytes, fold_dequantize, names, cap_weights)
     return st
 
 
@@ -149,8 +155,42 @@ def _predicted_bytes(v: Value, types: Types) -> int | None:
     return (int(np.prod(shape, dtype=np.int64)) * bits + 7) // 8
 
 
+_WEIGHT_READERS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul", "ConvInteger",
+                             "MatMulInteger"})
+
+
+def _is_weight(v: Value) -> bool:
+    """Read only as a weight or bias (input 1 or later) of a linear layer."""
+    uses = v.uses
+    return bool(uses) and not v.is_graph_output and all(
+        n.op_type in _WEIGHT_READERS and n.domain == "" and slot >= 1 for n, slot in uses)
+
+
+# Ops a weight may pass through on its way to the layer (casts, reshapes, scaling).
+_WEIGHT_PATH = frozenset({"Cast", "Reshape", "Transpose", "Identity", "Squeeze", "Unsqueeze",
+                          "Flatten", "Mul", "Add", "Sub", "Div"})
+
+
+def _feeds_weight(v: Value, depth: int = 8) -> bool:
+    """`v` reaches only weight/bias inputs, directly or through a single-consumer chain."""
+    for _ in range(depth):
+        if _is_weight(v):
+            return True
+        uses = v.uses
+        if len(uses) != 1 or v.is_graph_output:
+            return False
+        n = uses[0][0]
+        if n.op_type not in _WEIGHT_PATH or n.domain != "" or not n.outputs or n.outputs[0] is None:
+            return False
+        v = n.outputs[0]
+    return False
+
+
 def _fold_graph(g: Graph, ctx: PassContext, st: Stats, types: Types, cap: int,
-                fold_dequantize: bool, names: Names) -> None:
+                fold_dequantize: bool, names: Names, cap_weights: bool = False) -> None:
+    def too_large(o: Value, size: int | None) -> bool:
+        return size is not None and size > cap and (cap_weights or not _feeds_weight(o))
+
     batch: list[Node] = []
     in_batch: set[int] = set()
     for node in g.nodes:
@@ -164,8 +204,7 @@ def _fold_graph(g: Graph, ctx: PassContext, st: Stats, types: Types, cap: int,
             continue  # nothing to fold from (a zero-input op other than Constant/Random*)
         reason = _skip_reason(node, ctx, fold_dequantize)
         if reason is None:
-            sizes = [_predicted_bytes(o, types) for o in node.outputs if o is not None]
-            if any(s is not None and s > cap for s in sizes):
+            if any(too_large(o, _predicted_bytes(o, types)) for o in node.outputs if o is not None):
                 reason = "skipped_too_large"
         if reason is not None:
             st[reason] += 1
@@ -191,7 +230,7 @@ def _fold_graph(g: Graph, ctx: PassContext, st: Stats, types: Types, cap: int,
             keep.add(id(node))
             st["skipped_non_tensor"] += 1
             continue
-        if any(arrays[id(o)].nbytes > cap for o in needed):
+        if any(too_large(o, arrays[id(o)].nbytes) for o in needed):
             keep.add(id(node))
             st["skipped_too_large"] += 1
             continue

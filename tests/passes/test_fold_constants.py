@@ -155,3 +155,34 @@ def test_statistics_are_the_documented_keys():
                           "skipped_nondeterministic", "skipped_subgraph", "skipped_custom_domain",
                           "skipped_non_tensor", "skipped_dequantize", "skipped_failed"}
     assert not any(stats.values())
+
+
+def test_oversized_weight_is_folded_but_oversized_activation_constant_is_not():
+    """The size cap guards against Tile/Expand blow-ups, not against real layer weights."""
+    import onnx.helper as oh
+    import homec
+    from homec.context import PassContext
+    from homec.registry import REGISTRY
+
+    shape = oh.make_tensor("shape", onnx.TensorProto.INT64, [4], [8, 4, 3, 3])
+    rep = oh.make_tensor("rep", onnx.TensorProto.INT64, [4], [1, 1, 64, 64])
+    nodes = [
+        oh.make_node("ConstantOfShape", ["shape"], ["w"], value=oh.make_tensor("v", 1, [1], [0.01])),
+        oh.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1]),
+        oh.make_node("Tile", ["small", "rep"], ["big"]),
+        oh.make_node("Add", ["y", "big"], ["z"]),
+    ]
+    small = oh.make_tensor("small", 1, [1, 8, 1, 1], [0.5] * 8)
+    g = oh.make_graph(nodes, "g", [oh.make_tensor_value_info("x", 1, [1, 4, 64, 64])],
+                      [oh.make_tensor_value_info("z", 1, [1, 8, 64, 64])], [shape, rep, small])
+    m = oh.make_model(g, opset_imports=[oh.make_opsetid("", 17)])
+    graph = homec.load(m)
+    info = REGISTRY.get("fold_constants")
+    # a cap below both the weight (1,152 B) and the tiled activation constant (128 KiB)
+    st = info.fn(graph, PassContext(), **info.bind({"max_output_bytes": 1024}))
+    ops = sorted(n.op_type for n in graph.nodes)
+    assert ops == ["Add", "Conv", "Tile"], ops  # the weight folded, the Tile kept
+    assert st["skipped_too_large"] == 1 and st["folded_nodes"] == 1
+    graph2 = homec.load(m)
+    st2 = info.fn(graph2, PassContext(), **info.bind({"max_output_bytes": 1024, "cap_weights": True}))
+    assert sorted(n.op_type for n in graph2.nodes) == ["Add", "ConstantOfShape", "Conv", "Tile"]
