@@ -147,7 +147,8 @@ def run_tool(tool: str, src: str, dst: str, timeout: float) -> dict:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="synthetic sizes 1k and 5k only")
-    ap.add_argument("--sizes", default=None, help="synthetic sizes, e.g. 1000,5000,10000,50000")
+    ap.add_argument("--sizes", default=None,
+                    help="synthetic sizes, e.g. 1000,5000,10000,50000 ('none': real models only)")
     ap.add_argument("--only", default=None, help="substring filter on model names")
     ap.add_argument("--timeout", type=float, default=180.0, help="per tool and model, seconds")
     ap.add_argument("--repeats", type=int, default=20, help="latency runs per model")
@@ -155,7 +156,7 @@ def main() -> int:
     ap.add_argument("--json", default=None, help="also write the rows as JSON here")
     args = ap.parse_args()
 
-    sizes = ([int(s) for s in args.sizes.split(",")] if args.sizes
+    sizes = ([] if args.sizes == "none" else [int(s) for s in args.sizes.split(",")] if args.sizes
              else [1000, 5000] if args.quick else [1000, 5000, 10000, 50000])
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
