@@ -24,7 +24,6 @@ import sys
 import tempfile
 import time
 
-import numpy as np
 import onnx
 
 TOOLS = ("homec", "onnxslim", "onnxsim")
@@ -104,16 +103,10 @@ INPUT_SHAPES = {"ppocrv4_det": {"x": (1, 3, 640, 640)}, "ppocrv4_rec": {"x": (1,
 
 
 def latency_ms(path: str, name: str, repeats: int) -> float | None:
-    import onnxruntime as ort
-
-    from homec.verify import random_inputs
+    from homec.verify import make_session, random_inputs
 
     try:
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = 1
-        so.inter_op_num_threads = 1
-        so.log_severity_level = 3
-        sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+        sess = make_session(path, optimize=True, threads=1)  # as deployed: ORT's own rewrites on
         feeds = random_inputs(onnx.load(path, load_external_data=False), seed=0,
                               input_shapes=INPUT_SHAPES.get(name))
         feeds = {k: v for k, v in feeds.items() if k in {i.name for i in sess.get_inputs()}}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -20,7 +21,10 @@ from homec.registry import Tolerance
 Feeds = dict[str, np.ndarray]
 
 
-def make_session(model: onnx.ModelProto, *, optimize: bool = False, threads: int = 1):
+def make_session(model: onnx.ModelProto | bytes | str | os.PathLike, *, optimize: bool = False,
+                 threads: int = 1, quiet: bool = False):
+    """An onnxruntime CPU session: graph optimizations off unless `optimize` (so the
+    reference is onnxruntime's kernels, not its own rewrites); `quiet` silences its log."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
@@ -28,9 +32,14 @@ def make_session(model: onnx.ModelProto, *, optimize: bool = False, threads: int
                                    else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
-    so.log_severity_level = 3
-    data = model.SerializeToString()
-    return ort.InferenceSession(data, so, providers=["CPUExecutionProvider"])
+    so.log_severity_level = 4 if quiet else 3
+    if isinstance(model, onnx.ModelProto):
+        src = model.SerializeToString()
+    elif isinstance(model, (bytes, bytearray)):
+        src = bytes(model)
+    else:
+        src = os.fspath(model)
+    return ort.InferenceSession(src, so, providers=["CPUExecutionProvider"])
 
 
 def run_model(model: onnx.ModelProto, feeds: Feeds, *, optimize: bool = False) -> list[np.ndarray]:
@@ -85,8 +94,94 @@ def random_inputs(model: onnx.ModelProto, *, seed: int = 0,
     return feeds
 
 
+@dataclasses.dataclass
+class OutputVerdict:
+    """The judgement of one output against its reference (see `judge_output`)."""
+
+    index: int
+    name: str
+    ok: bool
+    reason: str = ""
+    max_abs_err: float = 0.0
+    max_rel_err: float = 0.0
+    cosine: float = 1.0
+    ref_max_abs: float = 0.0
+    bound: float = 0.0  # the allowed max abs error
+
+    def describe(self) -> str:
+        head = f"output {self.index} {self.name!r}: {'ok' if self.ok else 'FAIL'}"
+        nums = (f"max_abs_err={self.max_abs_err:.3g} (allowed {self.bound:.3g}), "
+                f"max_rel_err={self.max_rel_err:.3g}, cosine={self.cosine:.9f}, "
+                f"max|ref|={self.ref_max_abs:.3g}")
+        return f"{head}: {self.reason + '; ' if self.reason else ''}{nums}"
+
+
+def is_exact(t: Tolerance) -> bool:
+    return t.atol == 0 and t.rtol == 0 and not t.lossy and t.min_cosine is None
+
+
+def judge_output(i: int, name: str, ref: np.ndarray, got: np.ndarray, t: Tolerance) -> OutputVerdict:
+    """Compare one output with its reference under `t`.
+
+    Shapes and dtypes must match, NaNs and infinities must sit in the same places; over the
+    finite values the max abs error must stay within `atol + rtol * max|ref|` (the relative
+    part is judged against the output's scale, not element by element: refolded float
+    arithmetic moves near-zero elements by a few ulps of the output), and the cosine
+    similarity must reach `min_cosine` when one is declared. Exact means bit-equal values.
+    """
+    ref = np.asarray(ref)
+    got = np.asarray(got)
+    oc = OutputVerdict(i, name, True)
+    if ref.shape != got.shape:
+        oc.ok, oc.reason = False, f"shape {got.shape} != reference {ref.shape}"
+        return oc
+    if ref.dtype != got.dtype:
+        oc.ok, oc.reason = False, f"dtype {got.dtype} != reference {ref.dtype}"
+        return oc
+    if ref.size == 0:
+        return oc
+    if ref.dtype.kind not in "biufc":  # strings and objects: exact
+        if not np.array_equal(ref, got):
+            oc.ok, oc.reason, oc.max_abs_err, oc.cosine = False, "values differ", math.inf, 0.0
+        return oc
+    r = ref.astype(np.float64)
+    g = got.astype(np.float64)
+    rnan, gnan = np.isnan(r), np.isnan(g)
+    if not np.array_equal(rnan, gnan):
+        oc.ok, oc.reason = False, f"NaN at {int((rnan ^ gnan).sum())} places where the other has a number"
+    rinf, ginf = np.isinf(r), np.isinf(g)
+    if not np.array_equal(np.where(rinf, r, 0), np.where(ginf, g, 0)):
+        oc.ok, oc.reason = False, "infinities differ"
+    fin = ~(rnan | gnan | rinf | ginf)
+    rf, gf = r[fin], g[fin]
+    diff = np.abs(gf - rf)
+    oc.max_abs_err = float(diff.max()) if diff.size else 0.0
+    oc.ref_max_abs = float(np.abs(rf).max()) if rf.size else 0.0
+    big = np.abs(rf) > 1e-6 * oc.ref_max_abs
+    oc.max_rel_err = float((diff[big] / np.abs(rf[big])).max()) if big.any() else 0.0
+    oc.cosine = _cosine(rf, gf)
+    if not oc.ok:
+        return oc
+    if is_exact(t):
+        oc.bound = 0.0
+        if oc.max_abs_err > 0:
+            n = int((diff > 0).sum())
+            oc.ok, oc.reason = False, f"{n} of {diff.size} values differ (exact tolerance)"
+        return oc
+    oc.bound = t.atol + t.rtol * oc.ref_max_abs
+    if not oc.max_abs_err <= oc.bound:  # also catches an infinite atol vs nan
+        n = int((diff > oc.bound).sum())
+        oc.ok, oc.reason = False, f"{n} of {diff.size} values off by more than {oc.bound:.3g}"
+    if t.min_cosine is not None and oc.cosine < t.min_cosine:
+        oc.ok = False
+        oc.reason = (oc.reason + "; " if oc.reason else "") + f"cosine {oc.cosine:.6f} < {t.min_cosine}"
+    return oc
+
+
 @dataclasses.dataclass(frozen=True)
 class OutputComparison:
+    """One output's figures in a report."""
+
     name: str
     max_abs: float
     max_rel: float
@@ -99,6 +194,7 @@ class Comparison:
     outputs: tuple[OutputComparison, ...]
     ok: bool
     tolerance: Tolerance
+    reasons: tuple[str, ...] = ()
 
     def worst(self) -> OutputComparison | None:
         return max(self.outputs, key=lambda o: o.max_abs, default=None)
@@ -110,7 +206,7 @@ class Comparison:
                 parts.append(f"{o.name}: shape or dtype differs")
             else:
                 parts.append(f"{o.name}: max abs {o.max_abs:.3g}, cosine {o.cosine:.6f}")
-        return "; ".join(parts)
+        return "; ".join(parts + list(self.reasons))
 
     def as_dict(self) -> dict:
         return {
@@ -133,39 +229,20 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> float:
 
 def compare_outputs(names: Sequence[str], ref: Sequence[np.ndarray], got: Sequence[np.ndarray],
                     tolerance: Tolerance) -> Comparison:
-    outs = []
+    """Judge every output (`judge_output`) and keep the figures a report shows."""
     ok = len(ref) == len(got)
-    for name, r, g in zip(names, ref, got):
-        r, g = np.asarray(r), np.asarray(g)
-        if r.shape != g.shape or r.dtype != g.dtype:
-            outs.append(OutputComparison(name, math.inf, math.inf, 0.0, False))
+    outs, reasons = [], []
+    for i, (name, r, g) in enumerate(zip(names, ref, got)):
+        v = judge_output(i, name, r, g, tolerance)
+        shape_ok = not v.reason.startswith(("shape", "dtype"))
+        outs.append(OutputComparison(name, v.max_abs_err if shape_ok else math.inf,
+                                     v.max_rel_err if shape_ok else math.inf,
+                                     v.cosine if shape_ok else 0.0, shape_ok))
+        if not v.ok:
             ok = False
-            continue
-        if r.dtype.kind in "fc" or r.dtype.kind in "iub":
-            rf, gf = r.astype(np.float64), g.astype(np.float64)
-            both_nan = np.isnan(rf) & np.isnan(gf) if r.dtype.kind in "fc" else np.zeros(r.shape, bool)
-            same_inf = (rf == gf)
-            diff = np.where(both_nan | same_inf, 0.0, np.abs(rf - gf))
-            diff = np.nan_to_num(diff, nan=math.inf)
-            max_abs = float(diff.max()) if diff.size else 0.0
-            denom = np.maximum(np.abs(rf), 1e-12)
-            max_rel = float(np.max(diff / denom)) if diff.size else 0.0
-            finite = np.isfinite(rf) & np.isfinite(gf)
-            cos = _cosine(rf[finite], gf[finite]) if finite.any() else 1.0
-            # The relative part is judged against the output's scale, not element by
-            # element: float refolding moves near-zero elements by a few ulps of the output.
-            scale = float(np.max(np.abs(rf[np.isfinite(rf)]))) if np.isfinite(rf).any() else 0.0
-            within = diff <= tolerance.atol + tolerance.rtol * scale
-            out_ok = bool(np.all(within)) or (tolerance.lossy and tolerance.atol == math.inf)
-            if tolerance.min_cosine is not None and cos < tolerance.min_cosine:
-                out_ok = False
-        else:  # strings and objects: exact
-            max_abs = 0.0 if np.array_equal(r, g) else math.inf
-            max_rel, cos = max_abs, 1.0 if max_abs == 0 else 0.0
-            out_ok = max_abs == 0
-        outs.append(OutputComparison(name, max_abs, max_rel, cos, True))
-        ok = ok and out_ok
-    return Comparison(tuple(outs), ok, tolerance)
+            if v.reason and shape_ok:
+                reasons.append(f"{name}: {v.reason}")
+    return Comparison(tuple(outs), ok, tolerance, tuple(reasons))
 
 
 def compare_models(ref_model: onnx.ModelProto, new_model: onnx.ModelProto,

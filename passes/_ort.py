@@ -80,15 +80,10 @@ def evaluate(
 
 
 def run_model_bytes(model: bytes, feeds: Mapping[str, np.ndarray], output_names: Sequence[str]) -> list[Any]:
-    try:
-        import onnxruntime as ort
+    from homec.verify import make_session
 
-        so = ort.SessionOptions()
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-        so.intra_op_num_threads = 1
-        so.inter_op_num_threads = 1
-        so.log_severity_level = 4
-        sess = ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
+    try:
+        sess = make_session(model, quiet=True)
         return sess.run(list(output_names), dict(feeds))
     except Exception as e:  # onnxruntime raises its own exception types
         raise EvalError(f"{type(e).__name__}: {e}") from None

@@ -16,7 +16,6 @@ output); otherwise the rewrite is declined and the node stays.
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Iterator
 
 import numpy as np
@@ -126,31 +125,21 @@ def can_replace(old: Value, new: Value) -> bool:
 
 
 class Names:
-    """Fresh value names for one pass run.
-
-    `Graph.fresh_name` rescans every name of the graph tree on each call, which makes a pass
-    that creates thousands of values quadratic; this collects the names once and hands out
-    `hint__hcN` names not among them. Create one per pass invocation (names created by
-    other means during the pass are not seen)."""
+    """Fresh value names for a pass run: a handle on `Graph.fresh_name`, which caches the
+    tree's names and sees every value defined since (so names never collide)."""
 
     def __init__(self, graph: Graph):
-        self.taken = {v.name for g in all_graphs(graph.root) for v in g.values()}
-        self._counter = itertools.count()
+        self.graph = graph.root
 
     def fresh(self, hint: str) -> str:
-        while True:
-            cand = f"{hint}__hc{next(self._counter)}"
-            if cand not in self.taken:
-                self.taken.add(cand)
-                return cand
+        return self.graph.fresh_name(hint)
 
 
 def replace_uses(old: Value, new: Value) -> None:
-    """`replace_all_uses`, scanning the graph tree's output lists only when `old` is an output
-    (that scan walks every node of every graph: quadratic when done per rewrite)."""
+    """`Graph.replace_all_uses` from `old`'s own graph (output lists included)."""
     g = old.graph
     assert g is not None
-    g.replace_all_uses(old, new, include_outputs=old.is_graph_output)
+    g.replace_all_uses(old, new)
 
 
 def replace_value(old: Value, new: Value, names: Names, *, keep_name: bool = False) -> bool:

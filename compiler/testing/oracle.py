@@ -34,6 +34,9 @@ import onnx
 import onnx.numpy_helper
 
 from homec.registry import Tolerance
+from homec.verify import OutputVerdict, is_exact, judge_output
+
+OutputComparison = OutputVerdict  # the name this module used before the judgement moved
 
 __all__ = ["Comparison", "OutputComparison", "compare", "finite_summary", "model_proto",
            "random_feeds", "regression_info", "run_ort", "save_regression"]
@@ -55,19 +58,11 @@ def model_proto(model: Any) -> onnx.ModelProto:
 
 
 def _session(model: Any, optimize: bool):
-    import onnxruntime as ort
+    from homec.verify import make_session
 
-    so = ort.SessionOptions()
-    so.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
-                                   else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
-    so.intra_op_num_threads = 1
-    so.inter_op_num_threads = 1
-    so.log_severity_level = 3
     if isinstance(model, (str, os.PathLike)) and not isinstance(model, bytes):
-        src: Any = os.fspath(model)
-    else:
-        src = model_proto(model).SerializeToString()
-    return ort.InferenceSession(src, so, providers=["CPUExecutionProvider"])
+        return make_session(os.fspath(model), optimize=optimize)
+    return make_session(model_proto(model), optimize=optimize)
 
 
 def run_ort(model: Any, feeds: Mapping[str, np.ndarray], *, optimize: bool = False) -> list[np.ndarray]:
@@ -141,29 +136,9 @@ def random_feeds(model: Any, seed: int, *, dim_values: Mapping[str, int] | None 
 
 
 @dataclasses.dataclass
-class OutputComparison:
-    index: int
-    name: str
-    ok: bool
-    reason: str = ""
-    max_abs_err: float = 0.0
-    max_rel_err: float = 0.0
-    cosine: float = 1.0
-    ref_max_abs: float = 0.0
-    bound: float = 0.0  # the allowed max abs error
-
-    def describe(self) -> str:
-        head = f"output {self.index} {self.name!r}: {'ok' if self.ok else 'FAIL'}"
-        nums = (f"max_abs_err={self.max_abs_err:.3g} (allowed {self.bound:.3g}), "
-                f"max_rel_err={self.max_rel_err:.3g}, cosine={self.cosine:.9f}, "
-                f"max|ref|={self.ref_max_abs:.3g}")
-        return f"{head}: {self.reason + '; ' if self.reason else ''}{nums}"
-
-
-@dataclasses.dataclass
 class Comparison:
     tolerance: Tolerance
-    outputs: list[OutputComparison]
+    outputs: list[OutputVerdict]
     reason: str = ""  # a failure not tied to one output (e.g. output count)
 
     @property
@@ -180,7 +155,7 @@ class Comparison:
 
     def describe(self) -> str:
         t = self.tolerance
-        tol = ("exact" if _is_exact(t) else
+        tol = ("exact" if is_exact(t) else
                f"atol={t.atol:g} rtol={t.rtol:g}" + (f" min_cosine={t.min_cosine:g}" if t.min_cosine is not None else ""))
         lines = [f"{'ok' if self.ok else 'MISMATCH'} ({tol})"]
         if self.reason:
@@ -198,62 +173,6 @@ class Comparison:
         return self.ok
 
 
-def _is_exact(t: Tolerance) -> bool:
-    return t.atol == 0 and t.rtol == 0 and not t.lossy and t.min_cosine is None
-
-
-def _compare_one(i: int, name: str, ref: np.ndarray, got: np.ndarray, t: Tolerance) -> OutputComparison:
-    ref = np.asarray(ref)
-    got = np.asarray(got)
-    oc = OutputComparison(i, name, True)
-    if ref.shape != got.shape:
-        oc.ok, oc.reason = False, f"shape {got.shape} != reference {ref.shape}"
-        return oc
-    if ref.dtype != got.dtype:
-        oc.ok, oc.reason = False, f"dtype {got.dtype} != reference {ref.dtype}"
-        return oc
-    if ref.size == 0:
-        return oc
-    r = ref.astype(np.float64)
-    g = got.astype(np.float64)
-    rnan, gnan = np.isnan(r), np.isnan(g)
-    if not np.array_equal(rnan, gnan):
-        oc.ok, oc.reason = False, f"NaN at {int((rnan ^ gnan).sum())} places where the other has a number"
-    rinf, ginf = np.isinf(r), np.isinf(g)
-    if not np.array_equal(np.where(rinf, r, 0), np.where(ginf, g, 0)):
-        oc.ok, oc.reason = False, "infinities differ"
-    fin = ~(rnan | gnan | rinf | ginf)
-    rf, gf = r[fin], g[fin]
-    diff = np.abs(gf - rf)
-    oc.max_abs_err = float(diff.max()) if diff.size else 0.0
-    oc.ref_max_abs = float(np.abs(rf).max()) if rf.size else 0.0
-    big = np.abs(rf) > 1e-6 * oc.ref_max_abs
-    oc.max_rel_err = float((diff[big] / np.abs(rf[big])).max()) if big.any() else 0.0
-    nr, ng = float(np.linalg.norm(rf)), float(np.linalg.norm(gf))
-    if nr == 0 and ng == 0:
-        oc.cosine = 1.0
-    elif nr == 0 or ng == 0:
-        oc.cosine = 0.0
-    else:
-        oc.cosine = float(np.dot(rf, gf) / (nr * ng))
-    if not oc.ok:
-        return oc
-    if _is_exact(t):
-        oc.bound = 0.0
-        if oc.max_abs_err > 0:
-            n = int((diff > 0).sum())
-            oc.ok, oc.reason = False, f"{n} of {diff.size} values differ (exact tolerance)"
-        return oc
-    oc.bound = t.atol + t.rtol * oc.ref_max_abs
-    if not oc.max_abs_err <= oc.bound:  # also catches an infinite atol vs nan
-        n = int((diff > oc.bound).sum())
-        oc.ok, oc.reason = False, f"{n} of {diff.size} values off by more than {oc.bound:.3g}"
-    if t.min_cosine is not None and oc.cosine < t.min_cosine:
-        oc.ok = False
-        oc.reason = (oc.reason + "; " if oc.reason else "") + f"cosine {oc.cosine:.6f} < {t.min_cosine}"
-    return oc
-
-
 def compare(ref: Sequence[np.ndarray], got: Sequence[np.ndarray], tolerance: Tolerance, *,
             names: Sequence[str] | None = None) -> Comparison:
     """Judge outputs `got` against reference outputs `ref` (same order) under `tolerance`."""
@@ -262,7 +181,7 @@ def compare(ref: Sequence[np.ndarray], got: Sequence[np.ndarray], tolerance: Tol
     if len(ref) != len(got):
         c.reason = f"{len(got)} outputs, reference has {len(ref)}"
     for i, (r, g) in enumerate(zip(ref, got)):
-        c.outputs.append(_compare_one(i, names[i] if i < len(names) else f"#{i}", r, g, tolerance))
+        c.outputs.append(judge_output(i, names[i] if i < len(names) else f"#{i}", r, g, tolerance))
     return c
 
 
