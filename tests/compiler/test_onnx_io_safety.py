@@ -784,8 +784,6 @@ def test_save_auto_external_data_above_threshold(tmp_path, monkeypatch):
     A real 2 GB model is too costly for a unit test, so the threshold is lowered."""
     import homec.onnx_io as onnx_io
 
-    if not hasattr(onnx_io, "AUTO_EXTERNAL_THRESHOLD"):
-        pytest.skip("onnx_io has no AUTO_EXTERNAL_THRESHOLD to lower")
     monkeypatch.setattr(onnx_io, "AUTO_EXTERNAL_THRESHOLD", 8 * 1024)
     m = _bigger_model()
     out = tmp_path / "net.onnx"
@@ -920,7 +918,6 @@ CLI_CASES = ["missing", "empty", "random", "directory", "cycle", "undefined", "a
 
 @pytest.mark.parametrize("case", CLI_CASES)
 def test_cli_inspect_bad_model_exits_3(tmp_path, case):
-    pytest.importorskip("homec.cli", reason="homec.cli is not written yet")
     path = _bad_inputs(tmp_path)[case]
     before = _snapshot(tmp_path)
     r = subprocess.run([sys.executable, "-m", "homec", "inspect", str(path)],

@@ -166,10 +166,6 @@ def test_dump_dir_writes_every_stage(reg, tmp_path):
 
 
 def test_compile_api_with_builtin_cleanup(tmp_path):
-    from homec.registry import REGISTRY
-
-    if REGISTRY.get("eliminate_identity") is None:
-        pytest.skip("eliminate_identity not registered")
     res = homec.compile(_model(), "schedule { eliminate_identity; eliminate_dead }", verify=True)
     assert res.report["before"]["nodes"] == 3 and res.report["after"]["nodes"] == 1
     assert res.report["verification"]["ok"]

@@ -32,7 +32,7 @@ Seeds: BASE_SEED .. BASE_SEED + DEFAULT_COUNT - 1 by default. HOMEC_DIFF_SEEDS o
 The slow test runs SLOW_COUNT larger graphs (HOMEC_DIFF_SLOW_SEEDS, same syntax, from
 SLOW_BASE_SEED). HOMEC_DIFF_SAVE=0 disables saving regression models.
 
-A pass (or option) that is not registered yet is skipped with the reason.
+A pass (or option) that is not registered fails the test.
 
 Known non-bug: QuantizeLinear and Cast to float16 or an integer type round, so a pass that
 legitimately moves a value by one ulp (float refolding) can flip an element by one
@@ -63,13 +63,7 @@ from homec.registry import REGISTRY, Tolerance
 from homec.testing.graphgen import random_model
 from homec.testing.oracle import compare, random_feeds, regression_info, run_ort, save_regression
 
-try:
-    from homec.pipeline import is_modified
-except ImportError:  # pragma: no cover - the pass manager predates this test
-    def is_modified(stats):  # type: ignore[misc]
-        prefixes = ("skipped", "refused", "kept", "checked", "seen", "candidates", "iterations")
-        return any(bool(v) for k, v in stats.items()
-                   if isinstance(v, (int, float)) and not k.startswith(prefixes))
+from homec.pipeline import is_modified
 
 PASSES = ("cleanup", "fold_constants", "fold_shapes", "eliminate_identity", "fuse_matmul_add",
           "fold_batchnorm", "cse", "eliminate_dead")
@@ -292,11 +286,9 @@ def check_pass(name: str, case: Case, given: dict | None = None) -> list[Problem
 
 def _report(name: str, options: dict, seeds: list[int], max_nodes: int) -> None:
     info = REGISTRY.get(name)
-    if info is None:
-        pytest.skip(f"pass `{name}` is not registered yet (passes/{name}.py not landed)")
+    assert info is not None, f"pass `{name}` is not registered"
     unknown = sorted(set(options) - set(info.options))
-    if unknown:
-        pytest.skip(f"pass `{name}` has no option(s) {unknown} (any more)")
+    assert not unknown, f"pass `{name}` has no option(s) {unknown}"
     label = config_id(name, options)
     save = os.environ.get("HOMEC_DIFF_SAVE", "1") != "0"
     failures: list[str] = []
@@ -336,8 +328,7 @@ def test_cleanup_rerun_is_not_a_change() -> None:
     """The pass manager decides convergence (`fixpoint { cleanup }`) and verify-each's
     "changed but reported no change" with `pipeline.is_modified`; a second cleanup on an
     already clean graph must read as unchanged there."""
-    if REGISTRY.get("cleanup") is None:
-        pytest.skip("pass `cleanup` is not registered yet")
+    assert REGISTRY.get("cleanup") is not None, "pass `cleanup` is not registered"
     info = REGISTRY.get("cleanup")
     graph = homec.load(generated_case(BASE_SEED, MAX_NODES).model)
     info.fn(graph, PassContext(), **info.bind({}))
@@ -384,10 +375,9 @@ def test_saved_regression(path: Path) -> None:
     seed = int(meta.get("seed") or path.stem.rsplit("-", 1)[1])
     options = json.loads(meta.get("options") or "{}")
     info = REGISTRY.get(name)
-    if info is None:
-        pytest.skip(f"pass `{name}` is not registered")
-    if set(options) - set(info.options):
-        pytest.skip(f"pass `{name}` has no option(s) {sorted(set(options) - set(info.options))}")
+    assert info is not None, f"saved regression names pass `{name}`, which is not registered"
+    assert not set(options) - set(info.options), \
+        f"pass `{name}` has no option(s) {sorted(set(options) - set(info.options))}"
     problems = [p for p in check_pass(name, make_case(model, seed), options) if not p.warning_only]
     if problems:
         pytest.fail(f"{path.name} (seed={seed} pass={config_id(name, options)}, first seen as: "
