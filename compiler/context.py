@@ -41,9 +41,16 @@ class PassContext:
     calib: Any | None = None  # calibration samples (homec.calib), when given
     seed: int = 0
     warnings: list[str] = dataclasses.field(default_factory=list)
+    # structured results a pass reports besides its statistics (per-layer quantization error,
+    # sensitivity rankings); they go into the JSON report under the pass's record
+    details: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def selected(self, node: Node) -> bool:
         return self.selector.matches(node)
 
     def warn(self, message: str) -> None:
         self.warnings.append(message)
+
+    def report(self, key: str, data: Any) -> None:
+        """Attach JSON-serializable `data` to this pass's record in the report."""
+        self.details[key] = data

@@ -565,6 +565,30 @@ class Graph:
         self._name_cache: set[str] | None = None  # every name in the tree (root only), lazily
         self._owners_cache: list[Node] | None = None  # nodes holding subgraphs
 
+    def adopt(self, other: Graph) -> None:
+        """Take over the contents of the top-level graph `other`, which must not be used after.
+
+        For whole-model rewrites done outside the IR (the onnx version converter, see
+        `homec.onnx_io.convert_opset`): the caller's `Graph` object stays valid, only what it
+        holds changes.
+        """
+        if self.parent is not None or other.parent is not None:
+            raise IRError("adopt() replaces top-level graphs only")
+        old_id, new_id = id(other), id(self)
+        self.__dict__.update(other.__dict__)
+        for node in self._nodes.values():
+            node.graph = self
+            for sub in node.subgraphs():
+                if sub.parent is other:
+                    sub.parent = self
+        for value in self._values.values():
+            if value.graph is other:
+                value.graph = self
+            if old_id in value._output_of:
+                del value._output_of[old_id]
+                value._output_of[new_id] = self
+        other.__dict__.clear()
+
     # -- read access ----------------------------------------------------------------------
     @property
     def inputs(self) -> tuple[Value, ...]:

@@ -895,6 +895,53 @@ def graph_to_model(graph: Graph, *, weights_as_inputs_over: int | None = None) -
     return m
 
 
+def export_with_outputs(graph: Graph, names: Iterable[str], *, float_type: int = 1) -> bytes:
+    """The model serialized with `names` (values of the top-level graph) added as outputs.
+
+    For analyses that read intermediate tensors with onnxruntime (calibration, per-layer
+    error): onnxruntime returns only graph outputs. Each added output is declared as a tensor
+    of `float_type` with unknown shape unless the value's own type is known.
+    """
+    m = graph_to_model(graph)
+    present = {o.name for o in m.graph.output}
+    for name in names:
+        if name in present:
+            continue
+        present.add(name)
+        v = graph.value(name)
+        out = m.graph.output.add()
+        out.name = name
+        t = v.type if v is not None else None
+        if t is not None:
+            type_to_proto(t, out.type)
+        else:
+            out.type.tensor_type.elem_type = float_type
+    return m.SerializeToString()
+
+
+def convert_opset(graph: Graph, version: int) -> None:
+    """Convert a top-level graph to default-domain opset `version` with onnx's version
+    converter, in place (the Graph object is kept; its contents are replaced).
+
+    Raises UnsupportedError when the converter cannot convert some operator.
+    """
+    from onnx import version_converter
+
+    from homec.errors import UnsupportedError
+
+    model = graph_to_model(graph)
+    try:
+        converted = version_converter.convert_version(model, int(version))
+    except Exception as e:  # the converter raises RuntimeError/ValueError/its own types
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UnsupportedError(f"cannot convert the model to opset {version}: {first}") from None
+    source = graph.model.source_path if graph.model is not None else None
+    new = _load(converted)
+    if new.model is not None:
+        new.model.source_path = source
+    graph.adopt(new)
+
+
 def _opsets(field, imports: list[tuple[str, int]], empties: list | None) -> None:
     for i, (d, v) in enumerate(imports):
         o = field.add()

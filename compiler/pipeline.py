@@ -48,6 +48,7 @@ class PassRecord:
     nodes_before: int
     nodes_after: int
     verification: dict[str, Any] | None = None
+    details: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -176,7 +177,7 @@ class PipelineRunner:
         self.warnings.extend(f"{info.name}: {w}" for w in ctx.warnings)
         record = PassRecord(index, info.name, {k: _jsonable(v) for k, v in options.items()},
                             _describe_selector(call.selector), seconds, dict(stats), modified,
-                            nodes_before, len(self.graph))
+                            nodes_before, len(self.graph), details=dict(ctx.details))
         if self.opts.verify_each:
             record.verification = self._verify_after(info, record, before_fp)
         self.records.append(record)

@@ -66,13 +66,14 @@ from homec.testing.oracle import compare, random_feeds, regression_info, run_ort
 from homec.pipeline import is_modified
 
 PASSES = ("cleanup", "fold_constants", "fold_shapes", "eliminate_identity", "fuse_matmul_add",
-          "fold_batchnorm", "cse", "eliminate_dead")
+          "fold_batchnorm", "cse", "eliminate_dead", "fuse_activations", "fold_qdq")
 # Non-default options worth the same checks (each runs on the same graphs).
 VARIANTS = (
     ("fold_constants", {"fold_dequantize": True}),
     ("fold_batchnorm", {"decompose_standalone": True}),
     ("cse", {"initializers": False}),
     ("eliminate_dead", {"remove_custom": True}),
+    ("fold_qdq", {"form": "integer"}),
 )
 CONFIGS = [(name, {}) for name in PASSES] + list(VARIANTS)
 

@@ -1,0 +1,1 @@
+"""Quantization: arithmetic, calibration, QDQ planning, accuracy recovery, error analysis."""
