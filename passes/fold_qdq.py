@@ -527,7 +527,9 @@ class _Folder:
         if py is not None:
             self._check_types(px, w, py)
             bq, bias_nodes = self._bias(b, px, w, nout)
-            wq, ws, wz = self._weight_inputs(n, w, scalar_zero_point=False)
+            # the zero point is uniform (checked): QLinearConv takes it as a scalar, which
+            # saves a byte per output channel in the file
+            wq, ws, wz = self._weight_inputs(n, w, scalar_zero_point=True)
             q = qs[0]
             ys = self._input_or_const(q, 1, py.scale, "y_scale")
             yz = self._input_or_const(q, 2, py.zero_point, "y_zero_point")
@@ -623,7 +625,7 @@ class _Folder:
                         np.ascontiguousarray(w.data.T).reshape(nout, k, 1, 1), w.value, w.nodes, False)
         bq, bias_nodes = self._bias(c, px, conv_w, nout)
         xq, xs, xz, ys, yz = xio
-        wq, ws, wz = self._weight_inputs(n, conv_w, scalar_zero_point=False)
+        wq, ws, wz = self._weight_inputs(n, conv_w, scalar_zero_point=True)
         q = qs[0]
         x4 = self._add("Reshape", [xq, self._const("gemm_as_conv_shape", np.array([0, k, 1, 1], np.int64))],
                        n, f"{xq.name}_4d", elem=px.qtype.elem_type)

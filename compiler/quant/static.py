@@ -450,27 +450,27 @@ class _Builder:
         return add_constant(self.g, self.g.fresh_name(hint), np.asarray(arr))
 
     def qdq_nodes(self, x: Value, p: QParams, hint: str) -> tuple[Node, Node, Value]:
-        s = self.const(hint + "_scale", p.scale)
-        z = self.const(hint + "_zero_point", p.zero_point)
-        q_out = Value(self.g.fresh_name(hint + "_quantized"))
-        dq_out = Value(self.g.fresh_name(hint + "_dequantized"))
+        s = self.const(hint + "_s", p.scale)
+        z = self.const(hint + "_z", p.zero_point)
+        q_out = Value(self.g.fresh_name(hint + "_q"))
+        dq_out = Value(self.g.fresh_name(hint + "_dq"))
         attrs = {} if p.axis is None else {"axis": int(p.axis)}
-        q = Node("QuantizeLinear", [x, s, z], [q_out], name=self.g.fresh_name(hint + "_QuantizeLinear"),
+        q = Node("QuantizeLinear", [x, s, z], [q_out], name=self.g.fresh_name(hint + "_Q"),
                  attrs=dict(attrs))
         dq = Node("DequantizeLinear", [q_out, s, z], [dq_out],
-                  name=self.g.fresh_name(hint + "_DequantizeLinear"), attrs=dict(attrs))
+                  name=self.g.fresh_name(hint + "_DQ"), attrs=dict(attrs))
         return q, dq, dq_out
 
     def dequantized_const(self, q: np.ndarray, p: QParams, hint: str, before: Node,
                           with_zero_point: bool = True) -> Value:
-        qv = self.const(hint + "_quantized", q)
-        s = self.const(hint + "_scale", p.scale)
+        qv = self.const(hint + "_q", q)
+        s = self.const(hint + "_s", p.scale)
         ins = [qv, s]
         if with_zero_point:
-            ins.append(self.const(hint + "_zero_point", p.zero_point))
-        out = Value(self.g.fresh_name(hint + "_dequantized"))
+            ins.append(self.const(hint + "_z", p.zero_point))
+        out = Value(self.g.fresh_name(hint + "_dq"))
         attrs = {} if p.axis is None else {"axis": int(p.axis)}
-        dq = Node("DequantizeLinear", ins, [out], name=self.g.fresh_name(hint + "_DequantizeLinear"),
+        dq = Node("DequantizeLinear", ins, [out], name=self.g.fresh_name(hint + "_DQ"),
                   attrs=attrs)
         self.g.insert(dq, before=before)
         return out
@@ -510,15 +510,15 @@ def _absorb_affine(graph: Graph, q: Node, y: Value, ab: tuple[float, float], p: 
     steps = bias / float(p.scale)
     whole = bias == 0.0 or (round(steps) != 0 and abs(steps - round(steps)) <= 1e-3)
     b = _Builder(graph)
-    scale = b.const(y.name + "_affine_scale", np.asarray(np.float32(float(p.scale) / a)))
+    scale = b.const(y.name + "_as", np.asarray(np.float32(float(p.scale) / a)))
     dead = [c for c in (*add.inputs, *mul.inputs) if c is not None and _const(c) is not None]
     if whole:
-        zp = b.const(y.name + "_affine_zero_point",
+        zp = b.const(y.name + "_az",
                      np.asarray(z + (round(steps) if bias else 0)).astype(p.qtype.np_dtype))
         graph.set_inputs_of(q, [h, scale, zp])
         graph.remove_nodes([add, mul])
     else:
-        shift = b.const(y.name + "_affine_shift", np.asarray(np.float32(bias / a)))
+        shift = b.const(y.name + "_ab", np.asarray(np.float32(bias / a)))
         graph.set_inputs_of(add, [h, shift])
         graph.set_inputs_of(q, [y, scale, q.inputs[2]])
         graph.remove_nodes([mul])
@@ -664,7 +664,7 @@ def _quantize_layer_weights(graph: Graph, node: Node, layer: Layer, plan: Plan,
 
 def _slot_name(node: Node, slot: int) -> str:
     if node.op_type in ("Conv", "ConvTranspose", "Gemm"):
-        return ("x", "weight", "bias")[slot] if slot < 3 else f"in{slot}"
+        return ("x", "w", "b")[slot] if slot < 3 else f"in{slot}"
     return f"in{slot}"
 
 
