@@ -675,6 +675,18 @@ class Graph:
                 names.add(cand)
                 return cand
 
+    def unique_name(self, hint: str) -> str:
+        """`hint` itself when no value of the tree is named so yet, else `fresh_name(hint)`:
+        short value names where possible, for names a pass derives from existing ones.
+        (For node names keep `fresh_name`: this cache does not hold node names.)"""
+        root = self.root
+        if root._name_cache is None:
+            root._name_cache = root._all_value_names()
+        if hint and hint not in root._name_cache:
+            root._name_cache.add(hint)
+            return hint
+        return self.fresh_name(hint)
+
     def _all_value_names(self) -> set[str]:
         names = set(self._values)
         for n in self._nodes.values():

@@ -578,7 +578,11 @@ class _Folder:
             if rank != 2 or w.params.axis != 1:
                 raise _Refused("weight_axis")
         if w.constant:
-            wq, ws, wz = self._weight_inputs(n, w, scalar_zero_point=False)
+            # a uniform per-column zero point goes in as a scalar (onnxruntime applies it to
+            # every column; a byte per column less in the file)
+            zp = w.params.zero_point.reshape(-1)
+            uniform = zp.size > 0 and bool(np.all(zp == zp[0]))
+            wq, ws, wz = self._weight_inputs(n, w, scalar_zero_point=uniform)
         else:
             dq = w.nodes[0]
             wq = w.value

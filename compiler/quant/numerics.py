@@ -81,7 +81,7 @@ def choose_qparams(rmin, rmax, qt: QType, *, symmetric: bool,
     The range is first widened to include 0 so that 0.0 is exactly representable (padding,
     ReLU outputs). Symmetric: zero point 0 for signed types, the mid-point (128 / 8) for
     unsigned ones, scale = max|r| / qmax (int8: /127, so the grid is symmetric about 0). Asymmetric: scale = (rmax - rmin) /
-    (qmax - qmin), zero point = round(qmin - rmin / scale), clamped. A zero range gets scale 1
+    (qmax - qmin), zero point = round(qmin - rmin / scale), clamped. A zero (or sub-1e-30-step) range gets scale 1
     so that dequantization is exact (every value is 0). `reduce_range` uses one bit less (7-bit
     weights, for CPUs whose u8*s8 instructions saturate: VPMADDUBSW without VNNI).
     """
@@ -100,9 +100,10 @@ def choose_qparams(rmin, rmax, qt: QType, *, symmetric: bool,
         scale = (rmax - rmin) / float(qmax - qmin)
         safe = np.where(scale > 0, scale, 1.0)
         zp = np.clip(np.round(qmin - rmin / safe), qmin, qmax)
-    scale = np.where(scale > 0, scale, 1.0).astype(np.float32)
-    # a float32 scale that underflowed to 0 or a denormal would make x / scale overflow
-    scale = np.maximum(scale, np.float32(np.finfo(np.float32).tiny))
+    # A range so small that its step would be (nearly) denormal in float32 is treated as an
+    # empty one: scale 1, every value quantizes to the zero point. Keeping such a step would
+    # make x / scale overflow and the bias scale (input scale x weight scale) underflow.
+    scale = np.where(scale > 1e-30, scale, 1.0).astype(np.float32)
     return scale, zp.astype(qt.np_dtype if qt.bits >= 8 else np.int32)
 
 

@@ -447,13 +447,13 @@ class _Builder:
     def const(self, hint: str, arr: np.ndarray) -> Value:
         from homec.passes._util import add_constant
 
-        return add_constant(self.g, self.g.fresh_name(hint), np.asarray(arr))
+        return add_constant(self.g, self.g.unique_name(hint), np.asarray(arr))
 
     def qdq_nodes(self, x: Value, p: QParams, hint: str) -> tuple[Node, Node, Value]:
         s = self.const(hint + "_s", p.scale)
         z = self.const(hint + "_z", p.zero_point)
-        q_out = Value(self.g.fresh_name(hint + "_q"))
-        dq_out = Value(self.g.fresh_name(hint + "_dq"))
+        q_out = Value(self.g.unique_name(hint + "_q"))
+        dq_out = Value(self.g.unique_name(hint + "_dq"))
         attrs = {} if p.axis is None else {"axis": int(p.axis)}
         q = Node("QuantizeLinear", [x, s, z], [q_out], name=self.g.fresh_name(hint + "_Q"),
                  attrs=dict(attrs))
@@ -468,7 +468,7 @@ class _Builder:
         ins = [qv, s]
         if with_zero_point:
             ins.append(self.const(hint + "_z", p.zero_point))
-        out = Value(self.g.fresh_name(hint + "_dq"))
+        out = Value(self.g.unique_name(hint + "_dq"))
         attrs = {} if p.axis is None else {"axis": int(p.axis)}
         dq = Node("DequantizeLinear", ins, [out], name=self.g.fresh_name(hint + "_DQ"),
                   attrs=attrs)

@@ -302,3 +302,11 @@ def test_fresh_names_stay_unique_while_the_graph_grows():
         seen.add(name)
         prev = g.append(Node("Neg", [prev], [name])).outputs[0]
     g.verify()
+
+
+def test_unique_name_keeps_a_free_hint_and_numbers_a_taken_one():
+    g = Graph("g")
+    g.add_input("x")
+    assert g.unique_name("y") == "y"
+    assert g.unique_name("y") != "y"  # reserved by the first call
+    assert g.unique_name("x").startswith("x__")

@@ -475,3 +475,34 @@ def test_real_ppocr_cls_model():
     test = rng.uniform(-1, 1, size=(2, 3, 48, 192)).astype(np.float32)
     ref, got = _run(onnx.load(path), {"x": test})[0], _run(res.model, {"x": test})[0]
     assert np.abs(ref - got).max() < 0.1  # softmax probabilities of 2 classes, noise inputs
+
+
+@pytest.mark.parametrize("b,removed", [(0.75, 2), (0.0013, 1)])
+def test_scalar_affine_is_folded_into_the_quantizer(h, b, removed):
+    """y = a*h + b before a quantized layer (PP-LCNetV3's learnable affine blocks): the Mul
+    always folds into the quantizer's scale; the Add too when b is a whole number of steps
+    (the scale is nudged to make it so), else it stays as h + b/a. The quantized values equal
+    Q(a*h + b) computed directly, up to float rounding at ties."""
+    from homec.onnx_io import export_with_outputs
+
+    rng = np.random.default_rng(13)
+    a = np.float32(0.8)
+    m = h.model([h.node("Mul", ["x", "a"], ["m"]), h.node("Add", ["m", "b"], ["y"]),
+                 h.node("Conv", ["y", "w"], ["out"])], [("x", F32, [1, 4, 6, 6])], [("out", F32, [1, 3, 6, 6])],
+                [h.init("a", np.array(a)), h.init("b", np.array(np.float32(b))),
+                 h.init("w", rng.normal(size=(3, 4, 1, 1)).astype(np.float32))])
+    cal = _calib(8, shape=(1, 4, 6, 6))
+    g, st, out, _ = _quantize(m, cal)
+    assert st["affine_absorbed"] == removed
+    assert "Mul" not in _ops(g) and (("Add" in _ops(g)) == (removed == 1))
+    q = next(n for n in g.nodes if n.op_type == "QuantizeLinear")
+    dq = q.outputs[0].uses[0][0]
+    s, z = dq.inputs[1].const.numpy(), dq.inputs[2].const.numpy()
+    if removed == 2:
+        assert q.inputs[0].name == "x" and np.isclose(b / s, round(b / s), atol=1e-3)
+    sess = make_session(export_with_outputs(g, [q.outputs[0].name], float_type=TP.UINT8))
+    for f in cal.samples[:3]:
+        got = sess.run([q.outputs[0].name], f)[0].astype(int)
+        want = N.quantize(a * f["x"] + np.float32(b), s, z, N.qtype("uint8")).astype(int)
+        assert np.abs(got - want).max() <= 1 and (got == want).mean() > 0.999
+        assert _cos(_run(m, f)[0], _run(out, f)[0]) > 0.999
