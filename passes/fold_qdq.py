@@ -22,7 +22,7 @@ Form = Literal["auto", "qdq", "integer", "float"]
 
 CHANGES = ("weights_folded", "pairs_cancelled", "chains_merged", "movement_simplified",
            "qlinear_conv", "qlinear_matmul", "gemm_as_qlinear_conv", "conv_integer",
-           "matmul_integer", "weights_dequantized", "activation_qdq_removed")
+           "matmul_integer", "weights_dequantized", "activation_qdq_removed", "activations_to_uint8")
 
 # Ops that only select or move elements: op(DQ(q)) = DQ(op(q)) for a per-tensor DQ.
 # Value: the input slots holding data (None: all of them).
@@ -51,7 +51,7 @@ def resolve_form(form: str, target: object | None) -> str:
 
 @register_pass("fold_qdq", tolerance=Tolerance.bounded(min_cosine=0.99))
 def fold_qdq(graph: Graph, ctx: PassContext, *, form: Form = "auto", fold_weights: bool = True,
-             cancel: bool = True) -> Stats:
+             cancel: bool = True, activations: Literal["keep", "uint8"] = "keep") -> Stats:
     """Fold QuantizeLinear/DequantizeLinear (QDQ) models into integer weights, integer ops or float.
 
     Accepts QDQ models of any producer (homec `quantize`, onnxruntime `quantize_static`,
@@ -113,11 +113,19 @@ def fold_qdq(graph: Graph, ctx: PassContext, *, form: Form = "auto", fold_weight
          per layer, hence the bounded tolerance; everything else this pass does is exact
          or within one output step.
 
+      5. activation type (`activations="uint8"`, `activations_to_uint8`): an int8 activation
+         quantizer Q(x; s, z) and the DQs reading it become uint8 with zero point z + 128:
+         the integers shift by 128 and so does the zero point, (q + 128) - (z + 128) = q - z,
+         and saturation to [-128, 127] shifts to [0, 255]: exact. x86 CPUs multiply u8 x s8
+         fastest (onnxruntime converts S8S8 QDQ models the same way before fusing them);
+         applied first, to Q nodes read only by DQs of the same map.
+
     Options:
       form: "qdq" rewrites 1-2, "integer" 1-3, "float" 1, 2 and 4; "auto" takes "integer"
         or "float" from a target's boolean `integer_kernels`, else "qdq".
       fold_weights: rewrite 1 (the other forms read Q(constant) weights either way).
       cancel: rewrite 2.
+      activations: "uint8" applies rewrite 5; "keep" leaves activation types alone.
 
     The node selector picks the anchor of each rewrite: the QuantizeLinear of 1 and 2, the
     data-movement op, the Conv / MatMul / Gemm of 3, the DequantizeLinear of 4.
@@ -133,6 +141,8 @@ def fold_qdq(graph: Graph, ctx: PassContext, *, form: Form = "auto", fold_weight
         folder = _Folder(g, ctx, types, names, stats)
         if fold_weights:
             folder.fold_weights()
+        if activations == "uint8":
+            folder.activations_to_uint8()
         if cancel:
             folder.simplify(move=chosen != "float")
         if chosen == "integer" and opset(g) >= 10:
@@ -381,6 +391,38 @@ class _Folder:
             return (m.attr("mode", "nearest") == "nearest"
                     and m.attr("coordinate_transformation_mode", "half_pixel") != "tf_crop_and_resize")
         return True
+
+    # -- 5. activation type ----------------------------------------------------------------
+    def activations_to_uint8(self) -> None:
+        for q in list(self.g.nodes):
+            if not self._mine(q, QUANTIZE) or q.graph is not self.g:
+                continue
+            p = self._params(q)
+            out = q.outputs[0] if q.outputs else None
+            if p is None or p.qtype.name != "int8" or p.per_axis or out is None or out.is_graph_output:
+                continue
+            if const_of(q.inputs[0]) is not None or len(q.inputs) < 3:
+                continue  # a weight, or an implicit zero point (uint8 by default already)
+            readers = out.uses
+            if not readers or any(slot != 0 or not is_op(u, DEQUANTIZE) or u.graph is not self.g
+                                  or len(u.inputs) < 3 for u, slot in readers):
+                continue
+            if any(not (pu := self._params(u)) or not pu.same(p) for u, _ in readers):
+                continue
+            old_zp = {q.inputs[2], *(u.inputs[2] for u, _ in readers)}
+            zp = self._const(f"{out.name}_zero_point_u8",
+                             np.asarray(int(p.zero_point) + 128, np.uint8))
+            for n in (q, *(u for u, _ in readers)):
+                self.g.set_inputs_of(n, [n.inputs[0], n.inputs[1], zp])
+            if q.attr("output_dtype"):
+                q.set_attr("output_dtype", D.UINT8)
+            if out.type is not None:
+                t = self.types.of(out)
+                out.type = TensorType(D.UINT8, t.shape if t is not None else None)
+            for v in old_zp:
+                if v is not None and not v.uses and not v.is_graph_output and v.const is not None:
+                    remove_constant(v)
+            self.stats["activations_to_uint8"] += 1
 
     # -- 3. integer form --------------------------------------------------------------------
     def integer_form(self) -> None:

@@ -555,6 +555,31 @@ def test_onnxruntime_quantized_net(tmp_path, act):
         assert float(np.dot(ref.ravel(), got.ravel()) / np.linalg.norm(ref) / np.linalg.norm(got)) > 0.995
 
 
+def test_int8_activations_become_uint8_exactly(tmp_path):
+    """An S8S8 model from onnxruntime's quantizer: int8 activation maps become uint8 with the
+    zero point moved by 128 (exact in the QDQ form), then the integer form runs u8 x s8."""
+    q = _ort_quantize(_float_net(), str(tmp_path / "q_s8.onnx"), "s8", (1, 3, 8, 8))
+    step = _output_step(q)
+    xs = [np.random.default_rng(s).standard_normal((1, 3, 8, 8)).astype(np.float32) for s in range(4)]
+    refs = [outputs(q, x) for x in xs]
+    shifted = run_pass(q, form="qdq", activations="uint8")
+    assert shifted.stats["activations_to_uint8"] >= 4
+    zps = [n.inputs[2].const.numpy() for n in shifted.graph.nodes if n.op_type == "QuantizeLinear"]
+    kept = run_pass(q, form="qdq")  # the same rewrites without the type change
+    zps_s8 = [n.inputs[2].const.numpy() for n in kept.graph.nodes if n.op_type == "QuantizeLinear"]
+    assert zps and all(z.dtype == np.uint8 for z in zps) and all(z.dtype == np.int8 for z in zps_s8)
+    assert sorted(int(z) for z in zps) == sorted(int(z) + 128 for z in zps_s8)
+    for x, ref in zip(xs, refs):
+        np.testing.assert_array_equal(outputs(shifted.model, x), ref)
+    integer = run_pass(q, form="integer", activations="uint8")
+    assert integer.stats.get("qlinear_conv") == 2 and not [k for k in integer.stats if k.startswith("refused")]
+    for n in integer.graph.nodes:
+        if n.op_type == "QLinearConv":
+            assert n.inputs[2].const.dtype == onnx.TensorProto.UINT8
+    for x, ref in zip(xs, refs):
+        assert max_steps(ref, outputs(integer.model, x), step) <= 1.0
+
+
 def test_qat_style_model_integer_form():
     b = Q()
     w = RNG.standard_normal((6, 4, 3, 3)).astype(np.float32)
