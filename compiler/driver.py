@@ -93,8 +93,14 @@ def graph_figures(graph: Graph, input_shapes: Mapping[str, Sequence[int]] | None
 
 def combined_tolerance(records: Sequence[PassRecord]) -> Tolerance:
     """The tolerance a whole compile is held to: the sum of the declared tolerances of the
-    passes that changed the graph (all exact -> exact)."""
+    passes that changed the graph (all exact -> exact).
+
+    Once a lossy pass changed the graph, the element-wise bound is the sum of the lossy
+    passes' own bounds only (infinite when one of them bounds just the cosine): the small
+    atol/rtol of a lossless refold says nothing about an output quantized to int8.
+    """
     atol = rtol = 0.0
+    lossy_atol = 0.0
     cos: float | None = None
     lossy = False
     for r in records:
@@ -106,11 +112,13 @@ def combined_tolerance(records: Sequence[PassRecord]) -> Tolerance:
         t = info.tolerance
         atol += t.atol if math.isfinite(t.atol) else 0.0
         rtol += t.rtol
-        lossy |= t.lossy
+        if t.lossy:
+            lossy = True
+            lossy_atol += t.atol
         if t.min_cosine is not None:
             cos = t.min_cosine if cos is None else min(cos, t.min_cosine) - (1 - t.min_cosine)
     if lossy:
-        return Tolerance(atol=math.inf if atol == 0 else atol, rtol=rtol, min_cosine=cos, lossy=True)
+        return Tolerance(atol=lossy_atol + atol, rtol=rtol, min_cosine=cos, lossy=True)
     return Tolerance(atol=atol, rtol=rtol)
 
 

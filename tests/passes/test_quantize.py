@@ -506,3 +506,52 @@ def test_scalar_affine_is_folded_into_the_quantizer(h, b, removed):
         want = N.quantize(a * f["x"] + np.float32(b), s, z, N.qtype("uint8")).astype(int)
         assert np.abs(got - want).max() <= 1 and (got == want).mean() > 0.999
         assert _cos(_run(m, f)[0], _run(out, f)[0]) > 0.999
+
+
+# ---------------------------------------------------------------------------------------
+# Through the command line
+# ---------------------------------------------------------------------------------------
+
+
+def _homec(*args):
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "homec", *map(str, args)], capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_cli_int8_schedule_with_report_and_verification(tmp_path):
+    from pathlib import Path
+
+    example = Path(__file__).resolve().parents[2] / "examples" / "kws_cnn.onnx"
+    sched = tmp_path / "int8.hc"
+    sched.write_text('schedule {\n  cleanup\n  quantize(method="mse")\n  fold_qdq(form="integer")\n}\n')
+    calib = tmp_path / "calib.npz"
+    np.savez(calib, mfcc=np.random.default_rng(0).standard_normal((8, 1, 1, 49, 10)).astype(np.float32))
+    out, rep = tmp_path / "kws.int8.onnx", tmp_path / "r.json"
+    r = _homec(example, "-p", sched, "--calib", calib, "-o", out, "--verify", "--report", rep)
+    assert r.returncode == 0, r.stderr
+    import json
+
+    report = json.loads(rep.read_text())
+    q = next(p for p in report["passes"] if p["name"] == "quantize")
+    assert q["stats"]["layers_quantized"] >= 4 and q["details"]["layer_error"]
+    assert {"tensor", "cosine", "rel_l2", "max_abs"} <= set(q["details"]["layer_error"][0])
+    assert report["verification"]["ok"] is True
+    f = next(p for p in report["passes"] if p["name"] == "fold_qdq")
+    assert f["stats"]["qlinear_conv"] >= 3
+    assert out.stat().st_size < 0.4 * example.stat().st_size
+
+
+def test_cli_without_calibration_exits_2_without_traceback_or_output(tmp_path):
+    from pathlib import Path
+
+    example = Path(__file__).resolve().parents[2] / "examples" / "kws_cnn.onnx"
+    sched = tmp_path / "q.hc"
+    sched.write_text("schedule { quantize }\n")
+    out = tmp_path / "o.onnx"
+    r = _homec(example, "-p", sched, "-o", out)
+    assert r.returncode == 2 and "calibration data" in r.stderr
+    assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert not out.exists()
