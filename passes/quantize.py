@@ -57,7 +57,8 @@ def quantize(
     so a runtime may execute DQ -> layer -> Q as one integer kernel (`fold_qdq` makes that
     explicit). Data-movement ops (Reshape, Transpose, MaxPool, Slice, Resize-nearest, Flatten,
     Squeeze, Unsqueeze, ...) between quantized tensors reuse their input's parameters, so no
-    requantization is inserted. Only the top-level graph is quantized; layers whose weights are
+    requantization is inserted; the inputs of a quantized Concat (traced up through data
+    movement) take the Concat's parameters, so Concat runs on integers too. Only the top-level graph is quantized; layers whose weights are
     not constant initializers are skipped (run `fold_constants`/`cleanup` first to lift
     Constant nodes). Per-channel weights need opset >= 13 and int4 needs opset >= 21: an older
     model is converted with onnx's version converter first and the conversion is re-verified

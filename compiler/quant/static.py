@@ -166,6 +166,7 @@ def build_plan(graph: Graph, types, *, ops: Collection[str], selected: Callable[
                 layer.output_tensor = out.name
                 source.setdefault(out.name, out.name)
         _share_through_data_movement(graph, types, source, {id(la.node) for la in layers})
+        _share_into_concat(graph, types, source)
     plan = Plan(layers, source, weight_qtype, activation_qtype, per_channel, weight_symmetric,
                 activation_symmetric, reduce_range, skipped)
     if not weights_only:
@@ -393,6 +394,53 @@ def absorbs(act: Node, p: QParams) -> bool:
     z = int(np.asarray(p.zero_point).astype(np.int64))
     rep_lo, rep_hi = (p.qtype.qmin - z) * s, (p.qtype.qmax - z) * s
     return lo <= rep_lo and rep_hi <= hi
+
+
+def _share_into_concat(graph: Graph, types, source: dict[str, str]) -> None:
+    """Quantize every input of a quantized Concat with the Concat's parameters.
+
+    Concat of integers is exact only when all inputs share one map; then DQ -> Concat -> Q
+    runs on the integers (`fold_qdq` moves it) instead of in float. Each input is traced up
+    through data movement (Resize-nearest, Reshape, ...) to the tensor that produces it, and
+    every tensor on the way takes the Concat output's parameters, so the requantization
+    happens once, where the tensors are smallest (before an upsampling Resize). The Concat's
+    calibrated range is the union of its inputs' ranges. Only chains of single-use tensors are
+    rewired (all inputs or none): elsewhere other readers would see the shared map too.
+    """
+    for node in graph.nodes:
+        if node.op_type != "Concat" or node.domain != "" or not node.outputs or node.outputs[0] is None:
+            continue
+        y = node.outputs[0]
+        src = source.get(y.name)
+        if src is None:
+            continue
+        chains: list[list[str]] = []
+        for x in node.inputs:
+            chain = _single_use_chain(x, types)
+            if chain is None:
+                break
+            chains.append(chain)
+        else:
+            for chain in chains:
+                for name in chain:
+                    source[name] = src
+
+
+def _single_use_chain(x: Value | None, types) -> list[str] | None:
+    """[x, its data-movement ancestors...] while each is float, read once and not a graph
+    output; None when x itself does not qualify."""
+    chain: list[str] = []
+    v = x
+    while v is not None and _is_float(types, v) and len(v.uses) == 1 and not v.is_graph_output \
+            and _const(v) is None:
+        chain.append(v.name)
+        p = v.producer
+        if p is None or not _moves_data(p) or not p.inputs or p.inputs[0] is None:
+            break
+        if len([o for o in p.outputs if o is not None]) != 1:
+            break
+        v = p.inputs[0]
+    return chain or None
 
 
 def _moves_data(node: Node) -> bool:

@@ -555,3 +555,38 @@ def test_cli_without_calibration_exits_2_without_traceback_or_output(tmp_path):
     assert r.returncode == 2 and "calibration data" in r.stderr
     assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
     assert not out.exists()
+
+
+def test_concat_inputs_share_the_concat_parameters(h):
+    """conv_a -> Relu -> Resize(nearest) and conv_b -> Relu feed a Concat read by a conv:
+    every tensor on the way takes the Concat's parameters (calibrated over the union), so
+    fold_qdq can run Resize and Concat on the integers."""
+    rng = np.random.default_rng(14)
+    inits = [h.init("wa", rng.normal(size=(4, 3, 1, 1)).astype(np.float32)),
+             h.init("wb", (3 * rng.normal(size=(4, 3, 2, 2))).astype(np.float32)),
+             h.init("wc", rng.normal(size=(2, 8, 1, 1)).astype(np.float32)),
+             h.init("scales", np.array([1, 1, 2, 2], np.float32))]
+    m = h.model([h.node("Conv", ["x", "wa"], ["a"], strides=[2, 2]),
+                 h.node("Resize", ["a", "", "scales"], ["ra"], mode="nearest"),
+                 h.node("Conv", ["x", "wb"], ["b"], pads=[0, 0, 1, 1]),
+                 h.node("Concat", ["ra", "b"], ["c"], axis=1),
+                 h.node("Conv", ["c", "wc"], ["y"])],
+                [("x", F32, [1, 3, 8, 8])], [("y", F32, [1, 2, 8, 8])], inits)
+    cal = _calib(8)
+    g, st, out, _ = _quantize(m, cal)
+    concat = next(n for n in g.nodes if n.op_type == "Concat")
+    dqs = [v.producer for v in concat.inputs]
+    assert all(d.op_type == "DequantizeLinear" for d in dqs)
+    scales = {float(d.inputs[1].const.numpy()) for d in dqs}
+    q_a = next(n for n in g.nodes if n.op_type == "QuantizeLinear" and n.inputs[0].name == "a")
+    assert len(scales) == 1 and float(q_a.inputs[1].const.numpy()) in scales
+    f = cal.samples[0]
+    assert _cos(_run(m, f)[0], _run(out, f)[0]) > 0.999
+    folded = homec.compile(out, 'schedule { fold_qdq(form="integer") }')
+    st = folded.report["passes"][0]["stats"]
+    assert st["movement_simplified"] >= 2 and st["qlinear_conv"] == 2 and st["conv_integer"] == 1
+    assert "Concat" in _ops(folded.graph) and "Resize" in _ops(folded.graph)
+    for n in folded.graph.nodes:  # Resize and Concat now read integers
+        if n.op_type in ("Concat", "Resize"):
+            assert n.inputs[0].producer.op_type in ("QLinearConv", "Resize")
+    assert _cos(_run(m, f)[0], _run(folded.model, f)[0]) > 0.999
