@@ -66,6 +66,8 @@ from bench.ocr.capture import capture_calibration  # noqa: E402
 from bench.ocr.pipeline import default_models, evaluate, make_engine, time_pipeline  # noqa: E402
 from bench.ocr.render import calib_set, eval_set, fingerprint, fonts_status  # noqa: E402
 
+VALIDATION_SEED = 777
+
 KINDS = ("det", "rec", "cls")
 DEFAULT_SCHEDULE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "int8.hc")
 # onnxruntime peers: name -> activation QuantType given to quantize_static (weights: QInt8)
@@ -422,6 +424,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter, epilog=None)
     ap.add_argument("--n", type=int, default=150, help="eval images (default 150)")
     ap.add_argument("--calib-n", type=int, default=48, help="calibration images (default 48)")
+    ap.add_argument("--validation", action="store_true",
+                    help=f"measure on the validation labels (calib_set(N, seed={VALIDATION_SEED})), "
+                         "disjoint from the eval set and the calibration images: for tuning options")
     ap.add_argument("--work", default=os.path.join("/tmp", "homec-bench-int8"),
                     help="folder for calibration data and the quantized models")
     ap.add_argument("--calib-from", metavar="DIR",
@@ -479,8 +484,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"(missing passes appear in `homec passes` once written):\n  "
                 + p.replace("\n", "\n  "))
 
-    samples = eval_set(args.n)
-    log(f"eval set: {len(samples)} images, {sum(len(s.lines) for s in samples)} lines, "
+    if args.validation:
+        # for choosing options (the calibration method was chosen this way): labels from the
+        # calibration stream under another seed, disjoint from the eval set and from the
+        # calibration images, so the eval figures are not tuned on
+        samples = calib_set(args.n, seed=VALIDATION_SEED)
+    else:
+        samples = eval_set(args.n)
+    log(f"{'validation' if args.validation else 'eval'} set: {len(samples)} images, {sum(len(s.lines) for s in samples)} lines, "
         f"fingerprint {fingerprint(samples)}")
     folders = calibration_folders(args.work, args.calib_from, args.calib_n, args.threads, log)
 
