@@ -42,6 +42,7 @@ def quantize(
     samples: Annotated[int, Range(1, None)] = 256,
     reduce_range: bool = False,
     layer_report: bool = True,
+    round_shifts: bool = False,
 ) -> Stats:
     """Quantize Conv/ConvTranspose/Gemm/MatMul (and Add/Mul on request) to int8 in QDQ form.
 
@@ -91,6 +92,9 @@ def quantize(
       reduce_range  7-bit weights, for CPUs whose u8*s8 dot products saturate (no VNNI).
       layer_report  per-layer error (cosine, relative L2 of float vs quantized activations) in
                     details["layer_error"].
+      round_shifts  for y = a*h + b before a quantizer where b cannot be made a whole number of
+                    steps exactly: round b to the nearest step (each value moves by under half
+                    a step) so the Add goes too; a speed option, off by default.
 
     Statistics: layers_quantized, weights_quantized, biases_quantized,
     activations_quantized, activations_sharing_params (no requantization), activations_absorbed
@@ -142,6 +146,7 @@ def quantize(
                             reduce_range=reduce_range, weights_only=weights_only)
 
     plan = plan_with(set())
+    plan.drop_small_shifts = round_shifts
     for k, v in plan.skipped.items():
         st[k] = v
     if plan.skipped.get("skipped_nonconstant_weight"):
@@ -159,6 +164,7 @@ def quantize(
                             keep_float, error_budget, st)
         if kept:
             plan = plan_with(kept)
+            plan.drop_small_shifts = round_shifts
             st["kept_float_sensitive"] = len(kept)
 
     shifted = [0]

@@ -79,6 +79,7 @@ class Plan:
     skipped: dict[str, int] = dataclasses.field(default_factory=dict)
     # y -> (a, b): y = Add(Mul(h, a), b) with scalar constants, foldable into y's quantizer
     affine: dict[str, tuple[float, float]] = dataclasses.field(default_factory=dict)
+    drop_small_shifts: bool = False  # see _absorb_affine
 
     @property
     def calibrated(self) -> list[str]:
@@ -539,7 +540,8 @@ def quantize_activation(graph: Graph, v: Value, p: QParams) -> Node:
     return q
 
 
-def _absorb_affine(graph: Graph, q: Node, y: Value, ab: tuple[float, float], p: QParams) -> bool:
+def _absorb_affine(graph: Graph, q: Node, y: Value, ab: tuple[float, float], p: QParams,
+                   small_shift: bool = False) -> bool:
     """Fold y = Add(Mul(h, a), b) into y's quantizer; True when the Add went too.
 
     Always: Q(a*h + b; s, z) = Q(h + b/a; s/a, z), so the Mul goes (the Add now adds b/a).
@@ -557,12 +559,16 @@ def _absorb_affine(graph: Graph, q: Node, y: Value, ab: tuple[float, float], p: 
     z = int(np.asarray(p.zero_point).astype(np.int64))
     steps = bias / float(p.scale)
     whole = bias == 0.0 or (round(steps) != 0 and abs(steps - round(steps)) <= 1e-3)
+    if not whole and small_shift and p.qtype.qmin <= z + round(steps) <= p.qtype.qmax:
+        # b rounded to a whole number of steps: every value moves by under half a step (the
+        # error of one more rounding), and the Add goes too
+        whole, steps = True, float(round(steps))
     b = _Builder(graph)
     scale = b.const(y.name + "_as", np.asarray(np.float32(float(p.scale) / a)))
     dead = [c for c in (*add.inputs, *mul.inputs) if c is not None and _const(c) is not None]
     if whole:
         zp = b.const(y.name + "_az",
-                     np.asarray(z + (round(steps) if bias else 0)).astype(p.qtype.np_dtype))
+                     np.asarray(z + (round(steps) if steps else 0)).astype(p.qtype.np_dtype))
         graph.set_inputs_of(q, [h, scale, zp])
         graph.remove_nodes([add, mul])
     else:
@@ -624,7 +630,8 @@ def apply_plan(graph: Graph, plan: Plan, params: dict[str, QParams], *,
             graph.remove_nodes([act])
             st.absorbed += 1
         elif name in plan.affine and v.producer is not None and v.producer.op_type == "Add":
-            st.affine_absorbed += 1 + _absorb_affine(graph, q, v, plan.affine[name], params[name])
+            st.affine_absorbed += 1 + _absorb_affine(graph, q, v, plan.affine[name], params[name],
+                                                     small_shift=plan.drop_small_shifts)
         if plan.activation_source.get(name, name) != name:
             st.shared += 1
     st.layers = len(chosen)

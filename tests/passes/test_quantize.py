@@ -590,3 +590,28 @@ def test_concat_inputs_share_the_concat_parameters(h):
         if n.op_type in ("Concat", "Resize"):
             assert n.inputs[0].producer.op_type in ("QLinearConv", "Resize")
     assert _cos(_run(m, f)[0], _run(folded.model, f)[0]) > 0.999
+
+
+def test_round_shifts_removes_the_add_within_half_a_step(h):
+    """With round_shifts, a shift b that is not a whole number of steps is rounded to one:
+    the Add goes and every quantized value is within one integer of Q(a*h + b)."""
+    from homec.onnx_io import export_with_outputs
+
+    rng = np.random.default_rng(15)
+    a, b = np.float32(0.8), np.float32(0.0013)
+    m = h.model([h.node("Mul", ["x", "a"], ["m"]), h.node("Add", ["m", "b"], ["y"]),
+                 h.node("Conv", ["y", "w"], ["out"])], [("x", F32, [1, 4, 6, 6])], [("out", F32, [1, 3, 6, 6])],
+                [h.init("a", np.array(a)), h.init("b", np.array(b)),
+                 h.init("w", rng.normal(size=(3, 4, 1, 1)).astype(np.float32))])
+    cal = _calib(8, shape=(1, 4, 6, 6))
+    g, st, out, _ = _quantize(m, cal, round_shifts=True)
+    assert st["affine_absorbed"] == 2 and "Add" not in _ops(g) and "Mul" not in _ops(g)
+    q = next(n for n in g.nodes if n.op_type == "QuantizeLinear")
+    dq = q.outputs[0].uses[0][0]
+    s, z = dq.inputs[1].const.numpy(), dq.inputs[2].const.numpy()
+    sess = make_session(export_with_outputs(g, [q.outputs[0].name], float_type=TP.UINT8))
+    for f in cal.samples[:3]:
+        got = sess.run([q.outputs[0].name], f)[0].astype(int)
+        want = N.quantize(a * f["x"] + b, s, z, N.qtype("uint8")).astype(int)
+        assert np.abs(got - want).max() <= 1
+        assert _cos(_run(m, f)[0], _run(out, f)[0]) > 0.999
