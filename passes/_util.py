@@ -21,7 +21,8 @@ from collections.abc import Iterator
 import numpy as np
 
 from homec.dtypes import onnx_dtype_of
-from homec.ir import Dim, Graph, Node, SparseTensor, Tensor, TensorType, Value
+from homec.errors import UnsupportedError
+from homec.ir import AttrType, Dim, Graph, Node, SparseTensor, Tensor, TensorType, Value
 
 # Ops whose result is not a function of their inputs: never folded, merged or evaluated.
 NONDETERMINISTIC = frozenset({
@@ -268,3 +269,76 @@ def stats_changed(stats: dict[str, int | float]) -> bool:
 # Statistic keys that describe what a pass saw or declined, not changes; the same list as
 # homec.pipeline.INFORMATIONAL_PREFIXES.
 OBSERVATION_PREFIXES = ("skipped", "refused", "kept", "checked", "seen", "candidates", "iterations")
+
+
+def constant_node_data(node: Node) -> Tensor | SparseTensor | np.ndarray | None:
+    """The value of a Constant node (tensor, sparse tensor or a numpy array for the scalar
+    and list attributes), or None for strings and attribute references."""
+    if len(node.attrs) != 1:
+        return None
+    (a,) = node.attrs.values()
+    if a.ref_attr_name:
+        return None
+    v = a.value
+    if a.name == "value" and a.type == AttrType.TENSOR:
+        return v  # the node goes away, so its tensor (encoding kept) moves to the initializer
+    if a.name == "sparse_value" and a.type == AttrType.SPARSE_TENSOR:
+        return v
+    if a.name == "value_float" and a.type == AttrType.FLOAT:
+        return np.array(v, dtype=np.float32)
+    if a.name == "value_floats" and a.type == AttrType.FLOATS:
+        return np.array(list(v), dtype=np.float32)
+    if a.name == "value_int" and a.type == AttrType.INT:
+        return np.array(v, dtype=np.int64)
+    if a.name == "value_ints" and a.type == AttrType.INTS:
+        return np.array(list(v), dtype=np.int64)
+    return None  # strings: left as Constant nodes
+
+
+def upgrade_opset(graph: Graph, ctx, version: int, *, purpose: str, hint: str) -> None:
+    """Convert the model to default-domain opset `version` (onnx's version converter) and
+    check that onnxruntime's outputs did not move, on up to 2 calibration samples or one
+    seeded random input (float_refold tolerance).
+
+    Raises OpsetUpgradeError: `.stage` "check" (onnxruntime cannot run the model as it is;
+    graph untouched), "convert" (the converter refuses; graph untouched) or "changed" (the
+    converted model runs differently or not at all; `hint` says what to do instead).
+    """
+    from homec.onnx_io import convert_opset
+    from homec.registry import Tolerance
+    from homec.verify import compare_outputs, random_inputs, run_model
+
+    before = graph.to_onnx()
+    names = [o.name for o in before.graph.output]
+    if ctx.calib is not None and len(ctx.calib):
+        samples = [dict(s) for s in list(ctx.calib)[:2]]
+    else:
+        samples = [random_inputs(before, seed=ctx.seed)]
+    try:
+        reference = [run_model(before, feeds) for feeds in samples]
+    except UnsupportedError as e:
+        raise OpsetUpgradeError("check", f"the conversion to opset {version} ({purpose}) cannot "
+                                f"be checked: {e.message}") from None
+    try:
+        convert_opset(graph, version)
+    except UnsupportedError as e:
+        raise OpsetUpgradeError("convert", e.message) from None
+    after = graph.to_onnx()
+    for feeds, ref in zip(samples, reference):
+        try:
+            got = run_model(after, feeds)
+        except UnsupportedError as e:
+            raise OpsetUpgradeError("changed", f"converting the model to opset {version} "
+                                    f"({purpose}) broke it: {e.message}; {hint}") from None
+        cmp = compare_outputs(names, ref, got, Tolerance.float_refold())
+        if not cmp.ok:
+            raise OpsetUpgradeError("changed", f"converting the model to opset {version} "
+                                    f"({purpose}) changed its outputs ({cmp.describe()}); {hint}")
+
+
+class OpsetUpgradeError(UnsupportedError):
+    """An opset conversion that could not be done or checked (see `upgrade_opset`)."""
+
+    def __init__(self, stage: str, message: str):
+        super().__init__(message)
+        self.stage = stage

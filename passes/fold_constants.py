@@ -8,12 +8,12 @@ import numpy as np
 
 from homec.context import PassContext
 from homec.dtypes import itemsize_bits
-from homec.ir import AttrType, Graph, Node, SparseTensor, Tensor, Value
+from homec.ir import Graph, Node, Value
 from homec.registry import Range, Stats, Tolerance, register_pass
 
 from ._ort import EvalError, as_tensor, evaluate
 from ._util import (NONDETERMINISTIC, STANDARD_DOMAINS, Names, Types, all_graphs,
-                    can_add_constant, constant_in_place, is_const)
+                    can_add_constant, constant_in_place, constant_node_data, is_const)
 
 MiB = 1 << 20
 
@@ -87,28 +87,6 @@ def fold_constants(
 # ---------------------------------------------------------------------------------------
 
 
-def _constant_data(node: Node) -> Tensor | SparseTensor | np.ndarray | None:
-    if len(node.attrs) != 1:
-        return None
-    (a,) = node.attrs.values()
-    if a.ref_attr_name:
-        return None
-    v = a.value
-    if a.name == "value" and a.type == AttrType.TENSOR:
-        return v  # the node goes away, so its tensor (encoding kept) moves to the initializer
-    if a.name == "sparse_value" and a.type == AttrType.SPARSE_TENSOR:
-        return v
-    if a.name == "value_float" and a.type == AttrType.FLOAT:
-        return np.array(v, dtype=np.float32)
-    if a.name == "value_floats" and a.type == AttrType.FLOATS:
-        return np.array(list(v), dtype=np.float32)
-    if a.name == "value_int" and a.type == AttrType.INT:
-        return np.array(v, dtype=np.int64)
-    if a.name == "value_ints" and a.type == AttrType.INTS:
-        return np.array(list(v), dtype=np.int64)
-    return None  # strings: left as Constant nodes
-
-
 def _lift_constants(g: Graph, ctx: PassContext, st: Stats, names: Names) -> None:
     for node in g.nodes:
         if node.op_type != "Constant" or node.domain != "" or not ctx.selected(node):
@@ -116,7 +94,7 @@ def _lift_constants(g: Graph, ctx: PassContext, st: Stats, names: Names) -> None
         out = node.outputs[0] if node.outputs else None
         if out is None or len(node.outputs) != 1:
             continue
-        data = _constant_data(node)
+        data = constant_node_data(node)
         if data is None:
             continue
         constant_in_place(out, data, names)

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-import numpy as np
-
 from homec.context import PassContext
-from homec.errors import UnsupportedError, UsageError
+from homec.errors import UsageError
 from homec.ir import Graph
 from homec.registry import Range, Stats, Tolerance, register_pass
 
-from ._util import Types, opset
+from ._util import Types, opset, upgrade_opset
 
 OpName = Literal["Conv", "ConvTranspose", "Gemm", "MatMul", "Add", "Mul"]
 DEFAULT_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
@@ -119,7 +117,8 @@ def quantize(
     samples_list = _samples(graph, ctx, calibration, samples, needed=not weights_only)
     st: Stats = {}
     if opset(graph) < need_opset:
-        _upgrade_opset(graph, need_opset, samples_list[:2])
+        _upgrade_opset(graph, ctx, need_opset,
+                       "int4 DequantizeLinear" if weights_only else "per-channel DequantizeLinear")
         st["opset_upgraded_to"] = need_opset
         ctx.warn(f"model converted to opset {need_opset} (needed for "
                  f"{'int4' if weights_only else 'per-channel'} DequantizeLinear)")
@@ -205,19 +204,11 @@ def _samples(graph: Graph, ctx: PassContext, calibration: str, limit: int, *, ne
     return [dict(s) for s in list(ctx.calib)[:limit]]
 
 
-def _upgrade_opset(graph: Graph, version: int, check_samples: list[dict]) -> None:
-    """Convert with onnx's version converter and check onnxruntime agrees before and after."""
-    from homec.onnx_io import convert_opset
-    from homec.verify import compare_models
-
-    before = graph.to_onnx()
-    convert_opset(graph, version)
-    if check_samples:
-        cmp = compare_models(before, graph.to_onnx(), check_samples, Tolerance.float_refold())
-        if not cmp.ok:
-            raise UnsupportedError(f"converting the model to opset {version} changed its outputs "
-                                   f"({cmp.describe()}); quantize it per-tensor (per_channel=false) "
-                                   "or convert it upstream")
+def _upgrade_opset(graph: Graph, ctx: PassContext, version: int, purpose: str) -> None:
+    """Convert with onnx's version converter, checked with onnxruntime (`_util.upgrade_opset`);
+    any failure stops the pass (UnsupportedError, exit 4)."""
+    upgrade_opset(graph, ctx, version, purpose=purpose,
+                  hint="quantize it per-tensor (per_channel=false) or convert it upstream")
 
 
 def _calibrate(graph, plan, samples_list, method, percentile, bias_correction, ctx):
@@ -304,7 +295,7 @@ def _dynamic(graph: Graph, ctx: PassContext, *, ops, per_channel: bool, weights:
 
     st: Stats = {}
     if opset(graph) < MIN_OPSET:  # DynamicQuantizeLinear is opset 11
-        _upgrade_opset(graph, MIN_OPSET, [])
+        _upgrade_opset(graph, ctx, MIN_OPSET, "DynamicQuantizeLinear")
         st["opset_upgraded_to"] = MIN_OPSET
         ctx.warn(f"model converted to opset {MIN_OPSET} (needed for DynamicQuantizeLinear)")
     dyn_ops = tuple(o for o in ops if o in ("MatMul", "Gemm", "Conv"))
