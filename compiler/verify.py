@@ -47,15 +47,15 @@ def run_model(model: onnx.ModelProto, feeds: Feeds, *, optimize: bool = False) -
     try:
         sess = make_session(model, optimize=optimize)
     except Exception as e:  # onnxruntime raises its own exception types
-        raise UnsupportedError(f"onnxruntime cannot load the model: {_first_line(e)}") from None
+        raise UnsupportedError(f"onnxruntime cannot load the model: {first_line(e)}") from None
     names = [i.name for i in sess.get_inputs()]
     try:
         return sess.run(None, {k: v for k, v in feeds.items() if k in names})
     except Exception as e:
-        raise UnsupportedError(f"onnxruntime cannot run the model: {_first_line(e)}") from None
+        raise UnsupportedError(f"onnxruntime cannot run the model: {first_line(e)}") from None
 
 
-def _first_line(e: BaseException) -> str:
+def first_line(e: BaseException) -> str:
     s = str(e).strip().splitlines()
     return s[0][:300] if s else type(e).__name__
 
@@ -159,7 +159,7 @@ def judge_output(i: int, name: str, ref: np.ndarray, got: np.ndarray, t: Toleran
     oc.ref_max_abs = float(np.abs(rf).max()) if rf.size else 0.0
     big = np.abs(rf) > 1e-6 * oc.ref_max_abs
     oc.max_rel_err = float((diff[big] / np.abs(rf[big])).max()) if big.any() else 0.0
-    oc.cosine = _cosine(rf, gf)
+    oc.cosine = cosine(rf, gf)
     if not oc.ok:
         return oc
     if is_exact(t):
@@ -216,7 +216,8 @@ class Comparison:
         }
 
 
-def _cosine(a: np.ndarray, b: np.ndarray) -> float:
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    """Cosine similarity in float64; 1 when both are zero, 0 when only one is."""
     a = a.astype(np.float64).ravel()
     b = b.astype(np.float64).ravel()
     na, nb = np.linalg.norm(a), np.linalg.norm(b)
@@ -253,7 +254,7 @@ def compare_models(ref_model: onnx.ModelProto, new_model: onnx.ModelProto,
     try:
         new_sess = make_session(new_model)
     except Exception as e:
-        raise UnsupportedError(f"onnxruntime cannot load the compiled model: {_first_line(e)}") from None
+        raise UnsupportedError(f"onnxruntime cannot load the compiled model: {first_line(e)}") from None
     worst: list[OutputComparison] | None = None
     ok = True
     for feeds in feeds_list:

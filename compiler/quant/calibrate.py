@@ -386,12 +386,12 @@ def _groups(names: Sequence[str], sizes: Mapping[str, int], budget: int) -> list
 
 def _session(graph: Graph, names: Sequence[str], threads: int):
     from homec.onnx_io import export_with_outputs
-    from homec.verify import _first_line, make_session
+    from homec.verify import first_line, make_session
 
     try:
         return make_session(export_with_outputs(graph, names), threads=threads, quiet=True)
     except Exception as e:  # onnxruntime raises its own exception types
-        raise UnsupportedError(f"onnxruntime cannot load the model for calibration: {_first_line(e)}") from None
+        raise UnsupportedError(f"onnxruntime cannot load the model for calibration: {first_line(e)}") from None
 
 
 def _run(graph: Graph, names: Sequence[str], threads: int, feeds: Mapping[str, np.ndarray],
@@ -404,12 +404,12 @@ def _fetch(session, names: Sequence[str], feeds: Mapping[str, np.ndarray],
            from_feeds: Collection[str]) -> dict[str, np.ndarray]:
     arrays = {n: feeds[n] for n in from_feeds}
     if names:
-        from homec.verify import _first_line
+        from homec.verify import first_line
 
         try:
             outs = session.run(list(names), dict(feeds))
         except Exception as e:
-            raise UnsupportedError(f"onnxruntime cannot run a calibration sample: {_first_line(e)}") from None
+            raise UnsupportedError(f"onnxruntime cannot run a calibration sample: {first_line(e)}") from None
         arrays.update(zip(names, outs))
     not_float = [f"{n} ({a.dtype})" for n, a in arrays.items() if np.asarray(a).dtype.kind != "f"]
     if not_float:

@@ -50,7 +50,7 @@ class OutputErrorMeter:
         self.reference = [sess.run(None, dict(s)) for s in self.samples]
 
     def measure(self, model: bytes) -> OutputError:
-        from homec.verify import make_session
+        from homec.verify import cosine, make_session
 
         sess = make_session(model, threads=self.threads, quiet=True)
         rels, coss = [], []
@@ -62,9 +62,7 @@ class OutputErrorMeter:
                     continue
                 rn, dn = np.linalg.norm(r64), np.linalg.norm(g64 - r64)
                 rels.append(dn / rn if rn > 0 else (0.0 if dn == 0 else float("inf")))
-                gn = np.linalg.norm(g64)
-                coss.append(float(r64 @ g64 / (rn * gn)) if rn > 0 and gn > 0 else
-                            (1.0 if rn == gn else 0.0))
+                coss.append(cosine(r64, g64))  # the same measure --verify judges
         if not rels:
             return OutputError(0.0, 1.0)
         return OutputError(float(np.mean(rels)), float(np.mean(coss)))
