@@ -39,7 +39,7 @@ from homec.verify import OutputVerdict, is_exact, judge_output
 OutputComparison = OutputVerdict  # the name this module used before the judgement moved
 
 __all__ = ["Comparison", "OutputComparison", "compare", "finite_summary", "model_proto",
-           "random_feeds", "regression_info", "run_ort", "save_regression"]
+           "random_feeds", "regression_info", "run_ort", "save_regression", "text_like_image"]
 
 DEFAULT_SYMBOLIC_DIM = 2  # batch 2 catches passes that assume batch 1
 
@@ -232,3 +232,17 @@ def finite_summary(outputs: Sequence[np.ndarray]) -> tuple[bool, float]:
             ok = ok and bool(np.isfinite(o).all())
             big = max(big, float(np.nanmax(np.abs(o))) if np.isfinite(o).any() else math.inf)
     return ok, big
+
+
+def text_like_image(rng: np.random.Generator, shape) -> np.ndarray:
+    """An [N, C, H, W] input for OCR models: dark glyph-like blocks in rows on a light page,
+    normalized to [-1, 1] as PP-OCR expects. (Noise alone leaves a text detector's sigmoid
+    map at ~1e-7 everywhere, where a relative comparison measures nothing.)"""
+    _, _, hgt, wid = shape
+    page = np.ones((hgt, wid), np.float32)
+    for r in range(8, hgt - 8, 14):
+        for col in range(6, wid - 6, 7):
+            if rng.random() < 0.8:
+                page[r:r + 8, col:col + 4] = 0.0
+    page += rng.normal(0, 0.02, page.shape).astype(np.float32)
+    return np.broadcast_to((page - 0.5) / 0.5, shape).astype(np.float32).copy()

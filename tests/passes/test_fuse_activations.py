@@ -20,6 +20,7 @@ import pytest
 import homec
 import homec.onnx_io
 import homec.verify
+from homec.testing.oracle import text_like_image
 from homec.context import PassContext, Selector
 from homec.errors import UnsupportedError
 from homec.passes._util import Names, constant_in_place
@@ -585,17 +586,7 @@ def _ocr_models() -> dict[str, Path]:
     return {kind: next(d.glob(f"*{kind}*.onnx")) for kind in ("det", "rec", "cls")}
 
 
-def _text_image(rng: np.random.Generator, shape) -> np.ndarray:
-    """Dark glyph-like blocks on a light page, normalized to [-1, 1] as the OCR models
-    expect (noise leaves the detector's probability map near zero everywhere)."""
-    _, _, hgt, wid = shape
-    page = np.ones((hgt, wid), np.float32)
-    for r in range(8, hgt - 8, 14):
-        for col in range(6, wid - 6, 7):
-            if rng.random() < 0.8:
-                page[r:r + 8, col:col + 4] = 0.0
-    page += rng.normal(0, 0.02, page.shape).astype(np.float32)
-    return np.broadcast_to((page - 0.5) / 0.5, shape).astype(np.float32).copy()
+_text_image = text_like_image
 
 
 # kind -> input shape, HardSwish spellings in the model (Mul(x, Clip(x + 3, 0, 6)) / 6)

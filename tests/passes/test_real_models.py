@@ -23,6 +23,7 @@ import onnx
 import pytest
 
 import homec
+from homec.testing.oracle import text_like_image
 from homec.context import PassContext
 from homec.registry import REGISTRY, Tolerance
 from homec.testing.oracle import compare, run_ort
@@ -75,18 +76,7 @@ def _feeds(name: str, m: onnx.ModelProto) -> dict[str, np.ndarray]:
     return feeds
 
 
-def _text_image(rng: np.random.Generator, shape) -> np.ndarray:
-    """Dark glyph-like blocks in rows on a light page, normalized as the OCR models expect.
-    (Noise alone leaves the detector's sigmoid map at ~1e-7 everywhere, where a relative
-    comparison measures nothing.)"""
-    n, c, hgt, wid = shape
-    page = np.ones((hgt, wid), np.float32)
-    for r in range(8, hgt - 8, 14):
-        for col in range(6, wid - 6, 7):
-            if rng.random() < 0.8:
-                page[r:r + 8, col:col + 4] = 0.0
-    page += rng.normal(0, 0.02, page.shape).astype(np.float32)
-    return np.broadcast_to((page - 0.5) / 0.5, shape).astype(np.float32).copy()
+_text_image = text_like_image
 
 
 @functools.lru_cache(maxsize=None)
