@@ -14,7 +14,13 @@ A pass is a plain function
 Options are the keyword-only parameters after `ctx`; their annotations give the types the
 schedule language checks (`int`, `float`, `bool`, `str`, `Literal[...]` for enumerations,
 `list[int]` / `list[str]` / ..., `X | None`), and `Annotated[int, Range(1, 64)]` adds bounds.
-Every option needs a default. Registering a name twice is an error, never an overwrite.
+A number may also admit a few words: `Annotated[float, Range(0, 1)] | Literal["auto"]` takes
+0.25 or "auto". Every option needs a default. Registering a name twice is an error, never an
+overwrite.
+
+An option is named in schedules as its parameter is, except that a Python keyword spelt with
+one trailing underscore (PEP 8: `global_`) is written without it (`global=true`); the pass
+function is still called with `global_`.
 
 Third-party passes: a package exposes an entry point in group `homec.passes`; loading it
 (importing the module it names) registers its passes.
@@ -23,8 +29,10 @@ Third-party passes: a package exposes an entry point in group `homec.passes`; lo
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib
 import inspect
+import keyword
 import types
 import typing
 from collections.abc import Callable, Mapping
@@ -76,13 +84,19 @@ class Tolerance:
 class OptionSpec:
     """One typed option of a pass."""
 
-    name: str
+    name: str  # as schedules, `homec passes` and reports write it
     kind: str  # "int" | "float" | "bool" | "str" | "enum" | "list"
     default: Any
     choices: tuple[Any, ...] = ()  # for "enum"
     element: OptionSpec | None = None  # for "list"
     range: Range | None = None
     optional: bool = False  # None accepted
+    words: tuple[str, ...] = ()  # for "int" / "float": strings accepted instead of a number
+    param: str = ""  # the pass function's parameter ("" = `name`); `global_` for `global`
+
+    def __post_init__(self) -> None:
+        if not self.param:
+            object.__setattr__(self, "param", self.name)
 
     def describe(self) -> str:
         if self.kind == "enum":
@@ -91,23 +105,31 @@ class OptionSpec:
             assert self.element is not None
             t = f"list[{self.element.describe()}]"
         else:
-            t = self.kind
-        if self.range is not None:
-            lo, hi = self.range.min, self.range.max
-            if lo is not None and hi is not None:
-                t += f" in [{lo:g}, {hi:g}]"
-            elif lo is not None:
-                t += f" >= {lo:g}"
-            elif hi is not None:
-                t += f" <= {hi:g}"
+            t = self.kind + self._bounds_text()
+        t += "".join(f" | {_show(w)}" for w in self.words)
         if self.optional:
             t += " | none"
         return t
+
+    def _bounds_text(self) -> str:
+        """` in [0, 1]`, ` >= 1`, ` <= 8`, or nothing."""
+        if self.range is None:
+            return ""
+        lo, hi = self.range.min, self.range.max
+        if lo is not None and hi is not None:
+            return f" in [{lo:g}, {hi:g}]"
+        if lo is not None:
+            return f" >= {lo:g}"
+        if hi is not None:
+            return f" <= {hi:g}"
+        return ""
 
     def check(self, value: Any) -> tuple[Any, str | None]:
         """Coerce `value` (a schedule literal) to this option's type, or say why not."""
         if value is None:
             return (None, None) if self.optional else (None, f"option `{self.name}` cannot be none")
+        if self.words:
+            return self._check_number_or_word(value)
         if self.kind == "bool":
             if isinstance(value, bool):
                 return value, None
@@ -145,6 +167,22 @@ class OptionSpec:
                 out.append(v)
             return tuple(out), None
         raise AssertionError(self.kind)
+
+    def _check_number_or_word(self, value: Any) -> tuple[Any, str | None]:
+        """A number (checked as a plain int/float option) or exactly one of `words`; a
+        rejection names both, since either would have done."""
+        if isinstance(value, str):
+            if value in self.words:
+                return value, None
+        else:
+            plain = dataclasses.replace(self, words=())
+            number, problem = plain.check(value)
+            if problem is None:
+                return number, None
+        noun = "an int" if self.kind == "int" else "a number"
+        words = " or ".join(_show(w) for w in self.words)
+        return None, (f"option `{self.name}` expects {noun}{self._bounds_text()} or {words}, "
+                      f"got {_show(value)}")
 
     def _bounded(self, value: float) -> tuple[Any, str | None]:
         r = self.range
@@ -187,9 +225,13 @@ class PassInfo:
     selectable: bool = True  # accepts `on OpType` / `where name ~ "glob"`
 
     def bind(self, given: Mapping[str, Any]) -> dict[str, Any]:
-        """Full option values: defaults overlaid with `given` (already validated)."""
+        """Full option values: defaults overlaid with `given` (already validated), keyed by
+        option name (`global`, not the parameter `global_`; `given` may use either). `fn`
+        takes them as they are: for a pass with such a renamed option it is a wrapper that
+        passes each value on under its parameter name."""
+        renamed = {spec.param: name for name, spec in self.options.items() if spec.param != name}
         out = {k: spec.default for k, spec in self.options.items()}
-        out.update(given)
+        out.update({renamed.get(k, k): v for k, v in given.items()})
         return out
 
 
@@ -197,7 +239,8 @@ class RegistryError(HomecError):
     """A pass cannot be registered (duplicate name, untyped option): a bug in the pass."""
 
 
-def _spec_from_annotation(name: str, annotation: Any, default: Any, owner: str) -> OptionSpec:
+def _spec_from_annotation(name: str, annotation: Any, default: Any, owner: str,
+                          param: str = "") -> OptionSpec:
     rng: Range | None = None
     if get_origin(annotation) is Annotated:
         base, *extras = get_args(annotation)
@@ -206,35 +249,90 @@ def _spec_from_annotation(name: str, annotation: Any, default: Any, owner: str) 
                 rng = e
         annotation = base
     optional = False
+    words: tuple[Any, ...] = ()
     origin = get_origin(annotation)
     if origin in (Union, types.UnionType):
         args = [a for a in get_args(annotation) if a is not type(None)]
         optional = len(args) < len(get_args(annotation))
-        if len(args) != 1:
-            raise RegistryError(f"pass {owner!r}: option {name!r} has an unsupported union type")
+        if len(args) > 1:  # a number or some words: float | Literal["auto"]
+            words = tuple(w for a in args if get_origin(a) is Literal for w in get_args(a))
+            args = [a for a in args if get_origin(a) is not Literal]
+            number = _unannotated(args[0]) if len(args) == 1 else None
+            all_strings = all(isinstance(w, str) for w in words)
+            if number not in (int, float) or not words or not all_strings:
+                raise RegistryError(
+                    f"pass {owner!r}: option {name!r} has an unsupported union type "
+                    f"{annotation!r}; a union may only add None, or string words to one number "
+                    "(e.g. `Annotated[float, Range(0, 1)] | Literal[\"auto\"]`)")
         annotation = args[0]
         if get_origin(annotation) is Annotated:  # Annotated[int, Range(..)] | None
             base, *extras = get_args(annotation)
             rng = next((e for e in extras if isinstance(e, Range)), rng)
             annotation = base
         origin = get_origin(annotation)
+        if words:
+            return OptionSpec(name, annotation.__name__, default, range=rng, optional=optional,
+                              words=words, param=param)
     if annotation is bool:
-        return OptionSpec(name, "bool", default, optional=optional)
+        return OptionSpec(name, "bool", default, optional=optional, param=param)
     if annotation is int:
-        return OptionSpec(name, "int", default, range=rng, optional=optional)
+        return OptionSpec(name, "int", default, range=rng, optional=optional, param=param)
     if annotation is float:
-        return OptionSpec(name, "float", default, range=rng, optional=optional)
+        return OptionSpec(name, "float", default, range=rng, optional=optional, param=param)
     if annotation is str:
-        return OptionSpec(name, "str", default, optional=optional)
+        return OptionSpec(name, "str", default, optional=optional, param=param)
     if origin is Literal:
-        return OptionSpec(name, "enum", default, choices=get_args(annotation), optional=optional)
+        return OptionSpec(name, "enum", default, choices=get_args(annotation), optional=optional,
+                          param=param)
     if origin in (list, tuple):
         (elem, *_rest) = get_args(annotation) or (str,)
         espec = _spec_from_annotation(name, elem, None, owner)
         dflt = tuple(default) if isinstance(default, (list, tuple)) else default
-        return OptionSpec(name, "list", dflt, element=espec, optional=optional)
+        return OptionSpec(name, "list", dflt, element=espec, optional=optional, param=param)
     raise RegistryError(f"pass {owner!r}: option {name!r} has unsupported type {annotation!r}; "
                         "use int, float, bool, str, Literal[...], list[...] (optionally | None)")
+
+
+def _unannotated(annotation: Any) -> Any:
+    """`Annotated[float, Range(0, 1)]` -> float (other types unchanged)."""
+    return get_args(annotation)[0] if get_origin(annotation) is Annotated else annotation
+
+
+def option_name(param: str) -> str:
+    """The option name schedules use for pass parameter `param`: a Python keyword written
+    with one trailing underscore (PEP 8's `global_`, `lambda_`) loses it, since the schedule
+    language has no reason to avoid Python's keywords; every other name is kept."""
+    if param.endswith("_") and keyword.iskeyword(param[:-1]):
+        return param[:-1]
+    return param
+
+
+def _option_names(params: list[str], owner: str) -> dict[str, str]:
+    """{option name: parameter name}, refusing two parameters that would share a name."""
+    names: dict[str, str] = {}
+    for param in params:
+        name = option_name(param)
+        if name in names:
+            raise RegistryError(f"pass {owner!r}: parameters {names[name]!r} and {param!r} "
+                                f"would both be option `{name}`; rename one")
+        names[name] = param
+    return names
+
+
+def _called_by_option_names(fn: Callable[..., Stats], options: Mapping[str, OptionSpec]
+                            ) -> Callable[..., Stats]:
+    """`fn` itself when every option is named as its parameter; else a wrapper taking option
+    names (`global=`) and calling `fn` with parameter names (`global_=`). Parameter names are
+    passed through, so either spelling works."""
+    renamed = {name: spec.param for name, spec in options.items() if spec.param != name}
+    if not renamed:
+        return fn
+
+    @functools.wraps(fn)
+    def call(graph: Any, ctx: Any, **values: Any) -> Stats:
+        return fn(graph, ctx, **{renamed.get(k, k): v for k, v in values.items()})
+
+    return call
 
 
 def options_from_signature(fn: Callable[..., Any], owner: str) -> dict[str, OptionSpec]:
@@ -251,7 +349,10 @@ def options_from_signature(fn: Callable[..., Any], owner: str) -> dict[str, Opti
             raise RegistryError(f"pass {owner!r}: option {p.name!r} needs a default")
         if p.name not in hints:
             raise RegistryError(f"pass {owner!r}: option {p.name!r} needs a type annotation")
-        specs[p.name] = _spec_from_annotation(p.name, hints[p.name], p.default, owner)
+    names = _option_names([p.name for p in params[2:]], owner)
+    for name, param in names.items():
+        specs[name] = _spec_from_annotation(name, hints[param], sig.parameters[param].default,
+                                            owner, param=param)
     return specs
 
 
@@ -326,10 +427,11 @@ def register_pass(
         if not doc:
             raise RegistryError(f"pass {name!r} needs a docstring (summary line, algebra, options)")
         summary = doc.splitlines()[0].strip()
+        options = options_from_signature(fn, name)
         info = PassInfo(
-            name=name, fn=fn, options=options_from_signature(fn, name), summary=summary, doc=doc,
-            tolerance=tolerance, module=fn.__module__, needs_calibration=needs_calibration,
-            selectable=selectable)
+            name=name, fn=_called_by_option_names(fn, options), options=options, summary=summary,
+            doc=doc, tolerance=tolerance, module=fn.__module__,
+            needs_calibration=needs_calibration, selectable=selectable)
         (registry or REGISTRY).add(info)
         fn.pass_info = info  # type: ignore[attr-defined]
         return fn
@@ -351,4 +453,5 @@ def unknown_pass_message(name: str) -> str:
 
 
 __all__ = ["OptionSpec", "PassInfo", "PassRegistry", "REGISTRY", "Range", "RegistryError",
-           "Stats", "Tolerance", "UsageError", "register_pass", "suggest", "unknown_pass_message"]
+           "Stats", "Tolerance", "UsageError", "option_name", "register_pass", "suggest",
+           "unknown_pass_message"]
