@@ -92,7 +92,7 @@ def prune_channels(
                   which over-corrects on deep chains (see docs/pruning.md).
 
     Statistics: channels_removed (producer output channels), classes_removed, groups_pruned,
-    groups_refused, macs_before/macs_after and params_before/params_after of the edited
+    groups_refused, classes_refused, macs_before/macs_after and params_before/params_after of the edited
     layers at the first calibration sample's shape, constants_sliced, consumers_refit,
     consumers_mean_folded. Tolerance: lossy; exact at ratio 0 and when the removed channels
     are all zero.
@@ -156,6 +156,7 @@ def prune_channels(
     else:
         removed = S.select_per_group(groups, scores, {g.key: ratio for g in groups},
                                      align=align, min_channels=min_channels)
+    removed = _keep_every_tensor_nonempty(analysis, removed, scores)
     if removed.size == 0:
         return st
     after = S.footprint(analysis, const_sizes, node_macs, removed)
@@ -181,6 +182,28 @@ def _samples(ctx: PassContext, limit: int) -> list[dict]:
     return [dict(s) for s in list(ctx.calib)[:limit]]
 
 
+def _keep_every_tensor_nonempty(analysis, removed: np.ndarray, scores) -> np.ndarray:
+    """Take back the best-scoring class of any tensor, Slice range or Split piece that would
+    lose all its channels (a zero-channel tensor is not a valid ONNX activation)."""
+    removed_set = set(removed.tolist())
+    pieces = [cm.atoms for cm in analysis.maps.values()]
+    for e in analysis.edits:
+        if e.kind == "slice_range":
+            pieces.append(e.atoms[e.start:e.end])
+        elif e.kind == "split":
+            pieces.extend(e.pieces)
+    changed = True
+    while changed:
+        changed = False
+        for atoms in pieces:
+            roots = np.unique(analysis.parent[atoms]).tolist()
+            if roots and all(r in removed_set for r in roots):
+                best = max(roots, key=lambda r: (scores.get(r, 0.0), -r))
+                removed_set.discard(best)
+                changed = True
+    return np.array(sorted(removed_set), np.int64)
+
+
 def _smallest(samples_list: list[dict], n: int) -> list[dict]:
     """The n calibration samples with the fewest input elements (ties: the earlier one): the
     sensitivity analysis runs the model many times, and for fully convolutional models the
@@ -202,7 +225,9 @@ def _costs(graph: Graph, analysis, types):
     from homec.analysis.cost import layer_costs
 
     nodes = graph.nodes
-    macs_by_label = {lc.node: lc.macs for lc in layer_costs(graph, types.types) if lc.macs}
+    # a negative count comes from a dim declared -1 (unknown): not a cost
+    macs_by_label = {lc.node: lc.macs for lc in layer_costs(graph, types.types)
+                     if lc.macs and lc.macs > 0}
     edited_nodes = {e.node_index for e in analysis.edits if e.kind == "slice" and e.slot == 1}
     node_macs = {}
     for ni in edited_nodes:
@@ -310,14 +335,14 @@ def _report_refused(analysis, ctx, st) -> None:
         if not prods:
             continue
         key = tuple(analysis.node_names[analysis.producers[p].node_index] for p in prods)
-        entry = refused.setdefault(key, {"producers": list(key), "channels": 0, "reasons": []})
-        entry["channels"] += 1
+        entry = refused.setdefault(key, {"producers": list(key), "classes": 0, "reasons": []})
+        entry["classes"] += 1
         for r in reasons:
             if r not in entry["reasons"] and len(entry["reasons"]) < 5:
                 entry["reasons"].append(r)
     if refused:
         st["groups_refused"] = len(refused)
-        st["channels_refused"] = sum(e["channels"] for e in refused.values())
+        st["classes_refused"] = sum(e["classes"] for e in refused.values())
         items = list(refused.values())
         ctx.report("refused", items[:REFUSED_REPORT_LIMIT])
 

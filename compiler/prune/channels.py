@@ -616,6 +616,9 @@ class _Analyzer:
                     self.pin(m.atoms, f"{node.op_type} `{self.name(node)}` is blocked")
                     return
                 self.edit("slice", node, m.atoms, slot=1, axis=0)
+                if len(node.inputs) > 2 and node.inputs[2] is not None and self.const(node.inputs[2]) is None:
+                    self.pin(m.atoms, f"{node.op_type} `{self.name(node)}` has a computed zero point")
+                    return
                 if len(node.inputs) > 2 and node.inputs[2] is not None:
                     self.edit("slice", node, m.atoms, slot=2, axis=0)
         self.set_map(node.outputs[0], m.axis, m.atoms)
@@ -744,7 +747,7 @@ class _Analyzer:
             vals = [self.const(node.inputs[i]) if len(node.inputs) > i and node.inputs[i] is not None
                     else None for i in range(1, 5)]
             starts, ends, axes, steps = vals
-            if starts is None or ends is None or r is None or (len(node.inputs) > 3 and
+            if starts is None or ends is None or r is None or (len(node.inputs) > 4 and node.inputs[4] is not None and steps is None) or (len(node.inputs) > 3 and
                                                                 node.inputs[3] is not None and axes is None):
                 self.pin(m.atoms, f"{label} has dynamic bounds")
                 return
@@ -831,7 +834,7 @@ class _Analyzer:
         if r is None or d is None:
             self.pin(m.atoms, f"{label}: shape unknown")
             return
-        k = int(node.attr("axis", 1)) % (r + 1) if r else 0
+        k = int(node.attr("axis", 1)); k = k + r if k < 0 else k
         if k > m.axis:  # the channels end up in the outer dim with the batch
             inner = d[m.axis + 1:k]
             if any(s is None for s in inner) or int(np.prod(inner, dtype=np.int64)) != 1 or \
@@ -961,13 +964,16 @@ class _Analyzer:
         if r is None:
             self.pin(m.atoms, f"Shape `{self.name(node)}` reads the channel count")
             return
-        start = int(node.attr("start", 0)) % (r + 1) if node.attr("start") is not None else 0
+        start = int(node.attr("start", 0) or 0); start = min(r, max(0, start + r if start < 0 else start))
         end = node.attr("end")
-        end = r if end is None else (int(end) % (r + 1) if int(end) < 0 else min(int(end), r))
+        end = r if end is None else min(r, max(0, int(end) + r if int(end) < 0 else int(end)))
         if not start <= m.axis < end:
             return
         pos = m.axis - start
         out = node.outputs[0]
+        if out.is_graph_output:
+            self.pin(m.atoms, f"Shape `{self.name(node)}` reads the channel count")
+            return
         for user in out.users:  # reading other dims is fine: Gather of a constant index
             idx = self.const(user.inputs[1]) if user.op_type == "Gather" and len(user.inputs) > 1 else None
             if idx is None or pos in (idx.reshape(-1) % (end - start)).tolist():
@@ -1072,4 +1078,5 @@ class InferredTypes:
         t = self.of(v)
         if t is None or t.shape is None:
             return None
-        return tuple(d.value for d in t.shape)
+        # some exporters declare unknown dims as -1: unknown, not a size
+        return tuple(d.value if d.value is None or d.value >= 0 else None for d in t.shape)

@@ -92,8 +92,9 @@ def apply(graph: Graph, analysis: Analysis, removed_roots: np.ndarray) -> Applie
         t = v.tensor_type() if v is not None else None
         if t is None or t.shape is None or cm.axis >= len(t.shape):
             continue
-        n = int(keep(cm.atoms).sum())
-        if t.shape[cm.axis].value == n:
+        mask = keep(cm.atoms)
+        n = int(mask.sum())
+        if mask.all() or t.shape[cm.axis].value == n:
             continue
         dims = list(t.shape)
         dims[cm.axis] = Dim.of(n) if dims[cm.axis].value is not None else dims[cm.axis]
