@@ -283,7 +283,6 @@ def _scores(graph, analysis, groups, criterion, stats, ctx, st, reconstruct_on=F
         return scores
     scores = {}
     from homec.prune.recover import layer_matrix
-    from homec.prune.refit import removal_error
 
     for ci, cs in stats.items():
         c = cs.consumer

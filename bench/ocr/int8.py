@@ -117,9 +117,24 @@ def versions() -> dict[str, str]:
     return out
 
 
-def command_line(argv: Sequence[str] | None) -> str:
+def command_line(argv: Sequence[str] | None, module: str = "bench.ocr.int8") -> str:
     args = sys.argv[1:] if argv is None else list(argv)
-    return shlex.join(["python", "-m", "bench.ocr.int8", *args])
+    return shlex.join(["python", "-m", module, *args])
+
+
+def log_header(log: Callable[[str], None], argv: Sequence[str] | None, threads: int,
+               module: str = "bench.ocr.int8") -> dict[str, str]:
+    """The lines every OCR benchmark table starts with (command, machine, versions, fonts);
+    returns the versions."""
+    v = versions()
+    log(f"# {command_line(argv, module)}")
+    log(f"# {datetime.date.today().isoformat()}, {os.cpu_count()} cores, load average "
+        f"{os.getloadavg()[0]:.2f} at start, {threads} intra-op thread(s)")
+    log("# " + ", ".join(f"{k} {val}" for k, val in v.items()))
+    missing = [k for k, s in fonts_status().items() if s.startswith("substituted")]
+    log(f"fonts: {len(fonts_status()) - len(missing)} of {len(fonts_status())} installed"
+        + (f" (substituted: {', '.join(missing)})" if missing else ""))
+    return v
 
 
 # --------------------------------------------------------------------------- calibration
@@ -468,14 +483,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     t_start = time.perf_counter()
     fp32 = default_models()
     os.makedirs(args.work, exist_ok=True)
-    v = versions()
-    log(f"# {command_line(argv)}")
-    log(f"# {datetime.date.today().isoformat()}, {os.cpu_count()} cores, load average "
-        f"{os.getloadavg()[0]:.2f} at start, {args.threads} intra-op thread(s)")
-    log("# " + ", ".join(f"{k} {val}" for k, val in v.items()))
-    missing = [k for k, s in fonts_status().items() if s.startswith("substituted")]
-    log(f"fonts: {len(fonts_status()) - len(missing)} of {len(fonts_status())} installed"
-        + (f" (substituted: {', '.join(missing)})" if missing else ""))
+    v = log_header(log, argv, args.threads)
 
     problems = {k: schedule_problem(schedules[k]) for k in int8_kinds}
     for k, p in problems.items():

@@ -42,11 +42,9 @@ pruned row (with reconstruction: the requirement; without: what reconstruction b
 from __future__ import annotations
 
 import argparse
-import datetime
 import glob
 import json
 import os
-import shlex
 import statistics
 import sys
 import time
@@ -60,11 +58,12 @@ if __package__ in (None, ""):       # python bench/ocr/prune.py
 import numpy as np  # noqa: E402
 
 from bench.ocr.baseline import _check, _quiet  # noqa: E402
+from bench.ocr import int8  # noqa: E402
 from bench.ocr.int8 import (VALIDATION_SEED, Tee, _fx, _ratio, calibration_folders,  # noqa: E402
-                            load_feeds, model_latency, schedule_problem, time_interleaved,
-                            versions)
+                            load_feeds, log_header, model_latency, schedule_problem,
+                            time_interleaved)
 from bench.ocr.pipeline import default_models, evaluate, make_engine  # noqa: E402
-from bench.ocr.render import calib_set, eval_set, fingerprint, fonts_status  # noqa: E402
+from bench.ocr.render import calib_set, eval_set, fingerprint  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REFERENCE = "fp32"
@@ -84,9 +83,11 @@ TARGETS = {"macs_reduction": 0.30, "cer_points": 1.0, "speedup": 1.0}
 
 # --------------------------------------------------------------------------- arguments
 
+MODULE = "bench.ocr.prune"
+
+
 def command_line(argv: Sequence[str] | None) -> str:
-    args = sys.argv[1:] if argv is None else list(argv)
-    return shlex.join(["python", "-m", "bench.ocr.prune", *args])
+    return int8.command_line(argv, MODULE)
 
 
 def parse_schedules(specs: Sequence[str]) -> dict[str, str]:
@@ -328,14 +329,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     t_start = time.perf_counter()
     fp32 = default_models()
     os.makedirs(args.work, exist_ok=True)
-    v = versions()
-    log(f"# {command_line(argv)}")
-    log(f"# {datetime.date.today().isoformat()}, {os.cpu_count()} cores, load average "
-        f"{os.getloadavg()[0]:.2f} at start, {args.threads} intra-op thread(s)")
-    log("# " + ", ".join(f"{k} {val}" for k, val in v.items()))
-    missing = [k for k, s in fonts_status().items() if s.startswith("substituted")]
-    log(f"fonts: {len(fonts_status()) - len(missing)} of {len(fonts_status())} installed"
-        + (f" (substituted: {', '.join(missing)})" if missing else ""))
+    v = log_header(log, argv, args.threads, MODULE)
     log("schedules: " + ", ".join(f"{k}={v_}" for k, v_ in schedules.items()))
 
     problems = {name: schedule_problem(path) for name, path in schedules.items()}

@@ -18,7 +18,7 @@ import numpy as np
 from homec.ir import Graph, Node
 
 from .channels import Analysis, Consumer
-from .gram import ChannelStats, GramAccumulator, conv_patches, feature_rows  # noqa: F401
+from .gram import ChannelStats, GramAccumulator, feature_rows
 
 __all__ = ["ConsumerStats", "collect", "LayerMatrix", "layer_matrix", "MAX_GRAM_FEATURES"]
 
@@ -94,6 +94,17 @@ def _conv_geometry(node: Node, w_shape: Sequence[int]):
     return k, strides, dil, (tuple(pads) if pads else None), auto
 
 
+def _resolved(geometry, spatial):
+    """(kernel, strides, dilations, explicit pads) for an input of `spatial` size: auto_pad
+    SAME_* / VALID turned into the pads onnxruntime uses."""
+    k, strides, dil, pads, auto = geometry
+    if auto in ("SAME_UPPER", "SAME_LOWER"):
+        pads = _same_pads(spatial, k, strides, dil, auto == "SAME_UPPER")
+    elif pads is None or auto == "VALID":
+        pads = (0,) * (2 * len(k))
+    return k, strides, dil, pads
+
+
 def _same_pads(spatial, k, strides, dil, upper: bool):
     pads_b, pads_e = [], []
     for size, kk, s, d in zip(spatial, k, strides, dil):
@@ -148,11 +159,8 @@ def collect(graph: Graph, analysis: Analysis, consumers: Sequence[int],
                 continue
             if c.op_type == "Conv":
                 node = nodes[c.node_index]
-                k, strides, dil, pads, auto = _conv_geometry(node, node.inputs[1].const.shape)
-                if auto in ("SAME_UPPER", "SAME_LOWER"):
-                    pads = _same_pads(x.shape[2:], k, strides, dil, auto == "SAME_UPPER")
-                elif pads is None or auto == "VALID":
-                    pads = (0,) * (2 * len(k))
+                k, strides, dil, pads = _resolved(_conv_geometry(node, node.inputs[1].const.shape),
+                                                  x.shape[2:])
                 st.gram.add_conv(x, k, strides=strides, pads=pads, dilations=dil)
             else:
                 st.gram.add_rows(feature_rows(x, c.axis))
@@ -323,11 +331,7 @@ def refine(pruned: Graph, original_model: bytes, analysis: Analysis, removed_roo
             c = stats[ci].consumer
             a, b = np.asarray(xp[c.value], np.float32), np.asarray(xo[c.value], np.float32)
             if c.op_type == "Conv":
-                k, strides, dil, pads, auto = geometry[ci]
-                if auto in ("SAME_UPPER", "SAME_LOWER"):
-                    pads = _same_pads(b.shape[2:], k, strides, dil, auto == "SAME_UPPER")
-                elif pads is None or auto == "VALID":
-                    pads = (0,) * (2 * len(k))
+                k, strides, dil, pads = _resolved(geometry[ci], b.shape[2:])
                 acc.add_conv_pair(a, b, k, strides=strides, pads=pads, dilations=dil)
             else:
                 acc.add_rows_pair(feature_rows(a, c.axis), feature_rows(b, c.axis))
