@@ -342,3 +342,33 @@ class OpsetUpgradeError(UnsupportedError):
     def __init__(self, stage: str, message: str):
         super().__init__(message)
         self.stage = stage
+
+
+# ---------------------------------------------------------------------------------------
+# Calibration samples (passes that learn from data: pruning, low-rank factorization)
+# ---------------------------------------------------------------------------------------
+
+
+def calibration_samples(ctx, limit: int) -> list[dict]:
+    """The first `limit` calibration samples (feeds by input name), or [] without --calib."""
+    if ctx.calib is None or not len(ctx.calib):
+        return []
+    return [dict(s) for s in list(ctx.calib)[:limit]]
+
+
+def smallest_samples(samples: list[dict], n: int) -> list[dict]:
+    """The n samples with the fewest input elements (ties: the earlier one). Sensitivity
+    analyses run the model many times, and for fully convolutional models the small
+    inputs tell the same story faster."""
+    order = sorted(range(len(samples)),
+                   key=lambda i: (sum(int(np.asarray(v).size) for v in samples[i].values()), i))
+    return [samples[i] for i in order[:n]]
+
+
+def sample_input_shapes(graph: Graph, samples: list[dict]) -> dict[str, tuple[int, ...]]:
+    """The first sample's shapes of the graph's real inputs: pins the dims shape inference
+    (and the cost counts) need."""
+    names = {v.name for v in graph.inputs if not v.is_initializer}
+    if samples:
+        return {k: tuple(np.asarray(v).shape) for k, v in samples[0].items() if k in names}
+    return {}

@@ -11,6 +11,8 @@ from homec.errors import UsageError
 from homec.ir import Graph
 from homec.registry import Range, Stats, Tolerance, register_pass
 
+from ._util import calibration_samples, sample_input_shapes, smallest_samples
+
 Criterion = Literal["l1", "l2", "bn_gamma", "mean_activation", "apoz", "data"]
 DATA_CRITERIA = ("mean_activation", "apoz", "data")
 AUTO_RATIOS = (0.125, 0.25, 0.375, 0.5, 0.625, 0.75)
@@ -100,7 +102,7 @@ def prune_channels(
     from homec.prune import channels as C
     from homec.prune import select as S
 
-    samples_list = _samples(ctx, samples)
+    samples_list = calibration_samples(ctx, samples)
     needs_data = criterion in DATA_CRITERIA or ratio == "auto"
     if needs_data and not samples_list:
         raise UsageError(f'prune_channels(criterion="{criterion}"{", ratio=auto" if ratio == "auto" else ""}) '
@@ -119,7 +121,7 @@ def prune_channels(
     st: Stats = {}
     if ratio != "auto" and ratio <= 0:
         return st
-    input_shapes = _input_shapes(graph, samples_list)
+    input_shapes = sample_input_shapes(graph, samples_list)
     types = C.InferredTypes(graph, input_shapes)
     analysis = C.analyze(graph, types, selected=ctx.selected)
     groups = S.make_groups(analysis)
@@ -149,7 +151,7 @@ def prune_channels(
 
     if ratio == "auto":
         removed = _auto(graph, analysis, groups, scores, stats, originals, method, const_sizes,
-                        node_macs, before, _smallest(samples_list, sensitivity_samples), budget, objective,
+                        node_macs, before, smallest_samples(samples_list, sensitivity_samples), budget, objective,
                         align, min_channels, ridge, ctx, st)
     elif global_:
         removed = S.select_global(groups, scores, ratio, align=align, min_channels=min_channels)
@@ -176,12 +178,6 @@ def prune_channels(
 # ---------------------------------------------------------------------------------------
 
 
-def _samples(ctx: PassContext, limit: int) -> list[dict]:
-    if ctx.calib is None or not len(ctx.calib):
-        return []
-    return [dict(s) for s in list(ctx.calib)[:limit]]
-
-
 def _keep_every_tensor_nonempty(analysis, removed: np.ndarray, scores) -> np.ndarray:
     """Take back the best-scoring class of any tensor, Slice range or Split piece that would
     lose all its channels (a zero-channel tensor is not a valid ONNX activation)."""
@@ -202,22 +198,6 @@ def _keep_every_tensor_nonempty(analysis, removed: np.ndarray, scores) -> np.nda
                 removed_set.discard(best)
                 changed = True
     return np.array(sorted(removed_set), np.int64)
-
-
-def _smallest(samples_list: list[dict], n: int) -> list[dict]:
-    """The n calibration samples with the fewest input elements (ties: the earlier one): the
-    sensitivity analysis runs the model many times, and for fully convolutional models the
-    small inputs tell the same story faster."""
-    order = sorted(range(len(samples_list)),
-                   key=lambda i: (sum(int(np.asarray(v).size) for v in samples_list[i].values()), i))
-    return [samples_list[i] for i in order[:n]]
-
-
-def _input_shapes(graph: Graph, samples_list) -> dict[str, tuple[int, ...]]:
-    names = {v.name for v in graph.inputs if not v.is_initializer}
-    if samples_list:
-        return {k: tuple(v.shape) for k, v in samples_list[0].items() if k in names}
-    return {}
 
 
 def _costs(graph: Graph, analysis, types):

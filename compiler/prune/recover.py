@@ -20,7 +20,8 @@ from homec.ir import Graph, Node
 from .channels import Analysis, Consumer
 from .gram import ChannelStats, GramAccumulator, feature_rows
 
-__all__ = ["ConsumerStats", "collect", "LayerMatrix", "layer_matrix", "MAX_GRAM_FEATURES"]
+__all__ = ["ConsumerStats", "collect", "LayerMatrix", "layer_matrix", "MAX_GRAM_FEATURES", "conv_geometry",
+           "resolve_pads"]
 
 # A consumer whose input has more features than this keeps only per-channel statistics (the
 # Gram would be (F+1)^2 float64: 4097^2 is 134 MB); it is then compensated by mean folding.
@@ -82,7 +83,7 @@ class ConsumerStats:
     channels: ChannelStats
 
 
-def _conv_geometry(node: Node, w_shape: Sequence[int]):
+def conv_geometry(node: Node, w_shape: Sequence[int]):
     k = tuple(int(s) for s in w_shape[2:])
     nd = len(k)
     strides = tuple(node.attr("strides") or (1,) * nd)
@@ -94,7 +95,7 @@ def _conv_geometry(node: Node, w_shape: Sequence[int]):
     return k, strides, dil, (tuple(pads) if pads else None), auto
 
 
-def _resolved(geometry, spatial):
+def resolve_pads(geometry, spatial):
     """(kernel, strides, dilations, explicit pads) for an input of `spatial` size: auto_pad
     SAME_* / VALID turned into the pads onnxruntime uses."""
     k, strides, dil, pads, auto = geometry
@@ -159,7 +160,7 @@ def collect(graph: Graph, analysis: Analysis, consumers: Sequence[int],
                 continue
             if c.op_type == "Conv":
                 node = nodes[c.node_index]
-                k, strides, dil, pads = _resolved(_conv_geometry(node, node.inputs[1].const.shape),
+                k, strides, dil, pads = resolve_pads(conv_geometry(node, node.inputs[1].const.shape),
                                                   x.shape[2:])
                 st.gram.add_conv(x, k, strides=strides, pads=pads, dilations=dil)
             else:
@@ -316,7 +317,7 @@ def refine(pruned: Graph, original_model: bytes, analysis: Analysis, removed_roo
                                         max_rows_per_sample=max_rows_per_sample, seed=seed + ci)
         if c.op_type == "Conv":
             node = consumer_nodes[ci]
-            geometry[ci] = _conv_geometry(node, node.inputs[1].const.shape)
+            geometry[ci] = conv_geometry(node, node.inputs[1].const.shape)
     if not todo:
         return 0
     names = sorted({stats[ci].consumer.value for ci in todo})
@@ -331,7 +332,7 @@ def refine(pruned: Graph, original_model: bytes, analysis: Analysis, removed_roo
             c = stats[ci].consumer
             a, b = np.asarray(xp[c.value], np.float32), np.asarray(xo[c.value], np.float32)
             if c.op_type == "Conv":
-                k, strides, dil, pads = _resolved(geometry[ci], b.shape[2:])
+                k, strides, dil, pads = resolve_pads(geometry[ci], b.shape[2:])
                 acc.add_conv_pair(a, b, k, strides=strides, pads=pads, dilations=dil)
             else:
                 acc.add_rows_pair(feature_rows(a, c.axis), feature_rows(b, c.axis))
