@@ -85,8 +85,9 @@ def low_rank(
       force       factorize even when the product is not cheaper (for analysis and tests).
 
     Statistics: layers_factorized, by method (svd, channel_svd, spatial_svd, tucker2),
-    layers_not_cheaper, layers_skipped (unsupported), data_aware_layers, macs_before/after and
-    params_before/after of the model, sensitivity_evaluations. Details: "layers" (node,
+    data_aware_layers, macs_before/after and params_before/after of the model (params_after
+    counts the bias constants a data-aware rewrite adds), skipped_not_cheaper, skipped_layers
+    (unsupported), candidates_measured (budget search). Details: "layers" (node,
     method, ranks, full ranks, MACs/params before and after, estimated relative error),
     "skipped", and with a budget "sensitivity" and "auto". Tolerance: lossy, exact at full rank.
     """
@@ -149,17 +150,18 @@ def low_rank(
         if plan is None:
             continue
         result = factorizer.factorize(layer, plan)
+        grown = L.new_bias_elements(layer) if result.bias_delta is not None else 0
         L.emit(graph, layer, plan, result.weights, result.bias_delta)
         cost = L.costs(layer, plan)
         counts[plan.method] = counts.get(plan.method, 0) + 1
         lm = layer.macs()
         if lm is not None and cost.macs is not None:
             saved_macs += lm - cost.macs
-        saved_params += layer.params() - cost.params
+        saved_params += layer.params() - cost.params - grown
         per_layer.append({"node": layer.name, "op": layer.node.op_type, "method": plan.method,
                           "ranks": list(plan.ranks), "full_ranks": list(L.full_ranks(layer, plan.method)),
                           "macs_before": lm, "macs_after": cost.macs,
-                          "params_before": layer.params(), "params_after": cost.params,
+                          "params_before": layer.params(), "params_after": cost.params + grown,
                           "data_aware": result.data_aware,
                           result.error_kind: round(result.error, 6)})
     if per_layer:
@@ -170,12 +172,12 @@ def low_rank(
         st["macs_before"] = macs_total
         st["macs_after"] = macs_total - saved_macs if macs_total else 0
         st["params_before"] = params_total
-        st["params_after"] = params_total - saved_params
+        st["params_after"] = _model_totals(graph, None)[1]
         ctx.report("layers", per_layer[:REPORT_LIMIT])
     if not_cheaper:
-        st["layers_not_cheaper"] = not_cheaper
+        st["skipped_not_cheaper"] = not_cheaper
     if skipped:
-        st["layers_skipped"] = len(skipped)
+        st["skipped_layers"] = len(skipped)
         ctx.report("skipped", skipped[:REPORT_LIMIT])
     return st
 
@@ -220,6 +222,7 @@ class Factorizer:
 
     def _factorize(self, layer, plan) -> Factorized:
         from homec.lowrank import factor as F
+        from homec.lowrank.layers import full_ranks
 
         weights, deltas = [], []
         num = den = 0.0
@@ -249,6 +252,8 @@ class Factorizer:
                 den += float(np.sum(w ** 2))
         err = math.sqrt(max(num, 0.0) / den) if den > 0 else 0.0
         delta = np.concatenate(deltas) if data_aware else None
+        if plan.ranks == full_ranks(layer, plan.method):  # exact: the correction is rounding noise
+            delta = None
         return Factorized(weights, delta, err, "output_error" if data_aware else "weight_error", data_aware)
 
     def spectrum(self, layer, method: str) -> list[np.ndarray]:
@@ -310,6 +315,8 @@ def _model_totals(graph: Graph, types) -> tuple[int, int]:
     """The model's MACs (0 when some shape is unknown: no static count) and weight elements."""
     from homec.analysis.cost import count_params, layer_costs
 
+    if types is None:
+        return 0, int(count_params(graph).count)
     lcs = layer_costs(graph, types.types)
     macs = 0 if any(lc.macs is None or lc.macs < 0 for lc in lcs) else sum(lc.macs for lc in lcs)
     return int(macs), int(count_params(graph).count)
@@ -338,7 +345,7 @@ def _auto(graph, layers, factorizer, method, align, force, budget, objective, ma
     """Per-layer plans from measured sensitivity, picked greedily to meet the budget."""
     import dataclasses
 
-    from homec.lowrank.layers import costs, emit
+    from homec.lowrank.layers import costs, emit, new_bias_elements
     from homec.onnx_io import load
     from homec.quant.sensitivity import OutputErrorMeter
 
@@ -364,7 +371,9 @@ def _auto(graph, layers, factorizer, method, align, force, budget, objective, ma
     def saving(layer, plan) -> int:
         c = costs(layer, plan)
         if objective == "params":
-            return layer.params() - c.params
+            f = factorizer.factorize(layer, plan)
+            grown = new_bias_elements(layer) if f.bias_delta is not None else 0
+            return layer.params() - c.params - grown
         m = layer.macs()
         return 0 if m is None or c.macs is None else m - c.macs
 
@@ -375,7 +384,7 @@ def _auto(graph, layers, factorizer, method, align, force, budget, objective, ma
             pts.append((plan, saving(layer, plan), measure({layer.index: plan})))
         if pts:
             curves[layer.index] = pts
-    st["sensitivity_evaluations"] = sum(len(v) for v in curves.values())
+    st["candidates_measured"] = sum(len(v) for v in curves.values())
     ctx.report("sensitivity", [{"node": by_index[i].name, "curve": [(p.method, list(p.ranks), s, round(e, 6))
                                                                   for p, s, e in pts]}
                                for i, pts in list(curves.items())[:REPORT_LIMIT]])

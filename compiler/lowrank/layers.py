@@ -374,6 +374,26 @@ def _bias_add_after(node: Node, shape: tuple[int, ...], out: int) -> tuple[Node,
     return add_node, 1 - slot
 
 
+def new_bias_elements(layer: Layer) -> int:
+    """Constant elements `emit` adds for a bias correction where the layer has no bias of its
+    own to fold it into (a Conv without bias, a Gemm without C or with a smaller C, a MatMul
+    without a bias Add after it)."""
+    node = layer.node
+    o = layer.out_features
+    if layer.kind == "conv":
+        return o if len(node.inputs) < 3 or node.inputs[2] is None else 0
+    if layer.kind == "gemm":
+        from homec.passes._util import is_const
+
+        c = node.inputs[2] if len(node.inputs) > 2 else None
+        if c is None or not is_const(c):
+            return o
+        shape = tuple(c.const.shape)
+        return int(np.prod(np.broadcast_shapes(shape, (o,)))) - int(np.prod(shape, dtype=np.int64))
+    shape = (-1,) if layer.kind == "matmul_right" else (-1, 1)
+    return 0 if _bias_add_after(node, shape, o) is not None else o
+
+
 def _conv_attrs(node: Node) -> dict:
     """The Conv's geometry attributes as given (kernel_shape and group are set per factor)."""
     out = {}
