@@ -94,7 +94,7 @@ def prune_channels(
                   which over-corrects on deep chains (see docs/pruning.md).
 
     Statistics: channels_removed (producer output channels), classes_removed, groups_pruned,
-    groups_refused, classes_refused, macs_before/macs_after and params_before/params_after of the edited
+    refused_groups, refused_classes, macs_before/macs_after and params_before/params_after of the edited
     layers at the first calibration sample's shape, constants_sliced, consumers_refit,
     consumers_mean_folded. Tolerance: lossy; exact at ratio 0 and when the removed channels
     are all zero.
@@ -257,7 +257,7 @@ def _scores(graph, analysis, groups, criterion, stats, ctx, st, reconstruct_on=F
             for r in g.roots.tolist():
                 scores[r] = fallback.get(r, 0.0)
         if missing:
-            st["groups_without_bn"] = len(missing)
+            st["skipped_bn_groups"] = len(missing)
             ctx.warn(f'{len(missing)} group(s) have no BatchNormalization after their producers '
                      '(folded by cleanup?); they are ranked by the L2 filter norm')
         return scores
@@ -284,7 +284,7 @@ def _scores(graph, analysis, groups, criterion, stats, ctx, st, reconstruct_on=F
             have = [scores[int(r)] for r in g.roots if int(r) in scores]
             if len(have) == g.roots.size:
                 continue
-            st["groups_scored_by_norm"] = st.get("groups_scored_by_norm", 0) + 1
+            st["checked_by_norm_groups"] = st.get("checked_by_norm_groups", 0) + 1
             for r in g.roots.tolist():
                 scores[r] = fallback.get(r, 0.0)
     return scores
@@ -320,8 +320,8 @@ def _report_refused(analysis, ctx, st) -> None:
             if r not in entry["reasons"] and len(entry["reasons"]) < 5:
                 entry["reasons"].append(r)
     if refused:
-        st["groups_refused"] = len(refused)
-        st["classes_refused"] = sum(e["classes"] for e in refused.values())
+        st["refused_groups"] = len(refused)
+        st["refused_classes"] = sum(e["classes"] for e in refused.values())
         items = list(refused.values())
         ctx.report("refused", items[:REFUSED_REPORT_LIMIT])
 
@@ -388,7 +388,7 @@ def _auto(graph, analysis, groups, scores, stats, originals, method, const_sizes
     ctx.report("sensitivity", [{"group": g.name, "curve": [(round(r, 4), int(rem.size), round(e, 6))
                                                             for r, rem, e in curves[g.key]]}
                                for g in groups])
-    st["sensitivity_evaluations"] = sum(len(v) - 1 for v in curves.values())
+    st["candidates_measured"] = sum(len(v) - 1 for v in curves.values())
 
     def pick(tau: float) -> np.ndarray:
         parts = []

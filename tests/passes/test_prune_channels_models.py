@@ -453,14 +453,14 @@ def test_zoo_model_prunes(name, record_property):
     reduction = 1.0 - st["macs_after"] / st["macs_before"]
     refusals = _refusal_summary(details)
     for key in ("macs_before", "macs_after", "params_before", "params_after", "classes_removed",
-                "channels_removed", "groups_pruned", "groups_refused"):
+                "channels_removed", "groups_pruned", "refused_groups"):
         record_property(key, st.get(key, 0))
     record_property("ratio", ratio)
     record_property("mac_reduction", round(reduction, 4))
     record_property("refusals", dict(refusals))
     print(f"\nprune_channels(ratio={ratio}) {name}: MACs {st['macs_before']:,} -> {st['macs_after']:,} "
           f"(-{100 * reduction:.1f}%), params {st['params_before']:,} -> {st['params_after']:,}, "
-          f"{st.get('groups_pruned', 0)} groups pruned, {st.get('groups_refused', 0)} refused "
+          f"{st.get('groups_pruned', 0)} groups pruned, {st.get('refused_groups', 0)} refused "
           f"{dict(refusals)}, {seconds:.1f} s")
 
 
@@ -487,7 +487,7 @@ def test_shufflenet_refuses_the_shuffled_groups(record_property):
     r = homec.compile(base, f"schedule {{ prune_channels(ratio={RATIO}) }}")
     refused = r.records[-1].details["refused"]
     st = r.records[-1].stats
-    assert st["groups_refused"] == len(refused)
+    assert st["refused_groups"] == len(refused)
     g = homec.load(data)
     by_name = {C.label(n): n for n in g.nodes}
     shuffled = [e for e in refused if any(x.startswith("Reshape") and "shuffle" in x for x in e["reasons"])]
@@ -501,7 +501,7 @@ def test_shufflenet_refuses_the_shuffled_groups(record_property):
         assert C.label(_source_through_unary(node.inputs[0])) == producer
     others = [e for e in refused if e not in shuffled]
     assert all(any("Softmax" in x or "graph output" in x for x in e["reasons"]) for e in others)
-    record_property("groups_refused", len(refused))
+    record_property("refused_groups", len(refused))
     record_property("refused_by_shuffle", len(shuffled))
     feeds = _zoo_feeds(base)
     got = run_ort(r.model, feeds)
@@ -651,10 +651,10 @@ def test_ocr_rec_cls_prune(kind, record_property):
     details = r.records[-1].details
     refusals = _refusal_summary(details)
     record_property("groups_pruned", st.get("groups_pruned", 0))
-    record_property("groups_refused", st.get("groups_refused", 0))
+    record_property("refused_groups", st.get("refused_groups", 0))
     record_property("refusals", dict(refusals))
     print(f"\nPP-OCR {kind}, ratio 0.2: {st.get('groups_pruned', 0)} groups pruned, "
-          f"{st.get('groups_refused', 0)} refused {dict(refusals)}; params "
+          f"{st.get('refused_groups', 0)} refused {dict(refusals)}; params "
           f"{st.get('params_before')} -> {st.get('params_after')}, MACs {st.get('macs_before')} -> "
           f"{st.get('macs_after')}")
     assert st.get("groups_pruned", 0) >= 1
