@@ -378,18 +378,24 @@ def new_bias_elements(layer: Layer) -> int:
     """Constant elements `emit` adds for a bias correction where the layer has no bias of its
     own to fold it into (a Conv without bias, a Gemm without C or with a smaller C, a MatMul
     without a bias Add after it)."""
+    from homec.passes._util import is_const
+
     node = layer.node
     o = layer.out_features
-    if layer.kind == "conv":
-        return o if len(node.inputs) < 3 or node.inputs[2] is None else 0
-    if layer.kind == "gemm":
-        from homec.passes._util import is_const
 
+    def freed(v) -> int:  # elements of the old bias that go away with the node
+        if v is None or not is_const(v) or v.is_graph_output or any(n is not node for n, _ in v.uses):
+            return 0
+        return int(np.prod(v.const.shape, dtype=np.int64))
+
+    if layer.kind == "conv":
+        b = node.inputs[2] if len(node.inputs) > 2 else None
+        return o - freed(b) if b is not None else o
+    if layer.kind == "gemm":
         c = node.inputs[2] if len(node.inputs) > 2 else None
         if c is None or not is_const(c):
             return o
-        shape = tuple(c.const.shape)
-        return int(np.prod(np.broadcast_shapes(shape, (o,)))) - int(np.prod(shape, dtype=np.int64))
+        return int(np.prod(np.broadcast_shapes(tuple(c.const.shape), (o,)))) - freed(c)
     shape = (-1,) if layer.kind == "matmul_right" else (-1, 1)
     return 0 if _bias_add_after(node, shape, o) is not None else o
 
@@ -425,6 +431,13 @@ def _split_2d(attrs: dict, axis: int) -> dict:
     return out
 
 
+def _bias_input(bias_v, bias, const) -> list:
+    """The last factor's bias: the corrected one, else the layer's own constant as it is."""
+    if bias is not None:
+        return [const("lr_bias", bias)]
+    return [bias_v] if bias_v is not None else []
+
+
 def _emit_conv(layer: Layer, plan: Plan, weights, delta, add, const) -> Value:
     node = layer.node
     g = layer.groups
@@ -436,10 +449,8 @@ def _emit_conv(layer: Layer, plan: Plan, weights, delta, add, const) -> Value:
     grp = {"group": g} if g > 1 else {}
     bias_v = node.inputs[2] if len(node.inputs) > 2 else None
     bias = None
-    if bias_v is not None:
-        bias = bias_v.const.numpy().astype(np.float64)
     if delta is not None:
-        bias = (bias if bias is not None else 0.0) + delta
+        bias = (bias_v.const.numpy().astype(np.float64) if bias_v is not None else 0.0) + delta
 
     def stacked(i: int, shape_of) -> np.ndarray:
         return np.concatenate([np.asarray(w[i]).reshape(shape_of(w[i])) for w in weights], axis=0)
@@ -450,7 +461,7 @@ def _emit_conv(layer: Layer, plan: Plan, weights, delta, add, const) -> Value:
         k1 = stacked(0, lambda m: (r, cg) + layer.kernel)
         k2 = stacked(1, lambda m: (og, r) + ones)
         t = add("Conv", [x, const("lr_k1", k1)], {**attrs, "kernel_shape": list(layer.kernel), **grp}, "lr1")
-        ins = [t, const("lr_k2", k2)] + ([const("lr_bias", bias)] if bias is not None else [])
+        ins = [t, const("lr_k2", k2)] + _bias_input(bias_v, bias, const)
         return add("Conv", ins, {"kernel_shape": list(ones), **grp}, "lr2")
     if plan.method == "spatial_svd":
         (r,) = plan.ranks
@@ -458,7 +469,7 @@ def _emit_conv(layer: Layer, plan: Plan, weights, delta, add, const) -> Value:
         k1 = stacked(0, lambda m: (r, cg, kh, 1))
         k2 = stacked(1, lambda m: (og, r, 1, kw))
         t = add("Conv", [x, const("lr_kv", k1)], {**_split_2d(attrs, 0), "kernel_shape": [kh, 1], **grp}, "lr1")
-        ins = [t, const("lr_kh", k2)] + ([const("lr_bias", bias)] if bias is not None else [])
+        ins = [t, const("lr_kh", k2)] + _bias_input(bias_v, bias, const)
         return add("Conv", ins, {**_split_2d(attrs, 1), "kernel_shape": [1, kw], **grp}, "lr2")
     if plan.method == "tucker2":
         r1, r2 = plan.ranks
@@ -467,6 +478,6 @@ def _emit_conv(layer: Layer, plan: Plan, weights, delta, add, const) -> Value:
         k3 = stacked(2, lambda m: (og, r2) + ones)
         t1 = add("Conv", [x, const("lr_kin", k1)], {"kernel_shape": list(ones), **grp}, "lr1")
         t2 = add("Conv", [t1, const("lr_core", core)], {**attrs, "kernel_shape": list(layer.kernel), **grp}, "lr2")
-        ins = [t2, const("lr_kout", k3)] + ([const("lr_bias", bias)] if bias is not None else [])
+        ins = [t2, const("lr_kout", k3)] + _bias_input(bias_v, bias, const)
         return add("Conv", ins, {"kernel_shape": list(ones), **grp}, "lr3")
     raise ValueError(f"unknown conv method {plan.method!r}")
