@@ -17,6 +17,9 @@ from ._util import calibration_samples, sample_input_shapes, smallest_samples
 Method = Literal["auto", "channel_svd", "spatial_svd", "tucker2"]
 AUTO_FRACTIONS = (0.125, 0.25, 0.375, 0.5, 0.625, 0.75)
 REPORT_LIMIT = 200
+# Calibration rows per input feature below which a layer's input covariance is not trusted
+# (its estimate would describe the calibration set, not the inputs): weight SVD instead.
+ROWS_PER_FEATURE = 2
 
 
 @register_pass("low_rank", tolerance=Tolerance.bounded(min_cosine=0.9))
@@ -78,7 +81,9 @@ def low_rank(
                   both dims, else channel_svd; with a budget: all of them), channel_svd,
                   spatial_svd or tucker2. MatMul/Gemm always use the SVD.
       align       round ranks up to a multiple (default: the target's channel alignment, else 1).
-      data_aware  default: on when calibration data is given.
+      data_aware  default: on when calibration data is given. A layer whose input gives fewer
+                  than 2 calibration rows per feature (an SE block's 1x1 convs see one row per
+                  image) is factorized from its weights.
       samples     calibration samples used (the first ones); the smallest
                   sensitivity_samples of them run the budget search.
       ridge       relative ridge of the data-aware covariance (× mean of its diagonal).
@@ -209,8 +214,8 @@ class Factorizer:
         from homec.lowrank.stats import group_gram
 
         acc = self.grams.get(layer.index)
-        if acc is None or not acc.rows:
-            return None
+        if acc is None or acc.rows < ROWS_PER_FEATURE * (layer.in_features + 1):
+            return None  # too few rows for a covariance: it would fit the calibration set only
         return group_gram(layer, acc.gram, group)
 
     def factorize(self, layer, plan) -> Factorized:
