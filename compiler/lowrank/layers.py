@@ -170,7 +170,11 @@ def cheaper(layer: Layer, plan: Plan) -> bool:
 
 
 def _const(v: Value | None) -> np.ndarray | None:
-    if v is None or v.const is None:
+    """The value's data when it is a constant: an initializer the caller may override (also
+    a graph input, IR >= 4) is not one."""
+    from homec.passes._util import is_const
+
+    if v is None or not is_const(v):
         return None
     try:
         return v.const.numpy()
@@ -212,14 +216,16 @@ def _prod_static(dims) -> int | None:
 
 def _layer(index: int, node: Node, types) -> tuple[Layer | None, str | None]:
     ins = node.inputs
+    weights = [v for v in ins[:2] if v is not None and _const(v) is not None]
+    if any(len(v.uses) > 1 or v.is_graph_output for v in weights):
+        # every reader would get its own factors: the model grows instead of shrinking
+        return None, "weight shared with another node"
     if node.op_type == "Conv":
         k = _const(ins[1]) if len(ins) > 1 else None
         if k is None:
             return None, None  # a computed kernel: not a candidate
         if not _is_float(k) or k.ndim < 3:
             return None, f"kernel of dtype {k.dtype} / rank {k.ndim}"
-        if len(ins) > 2 and ins[2] is not None and _const(ins[2]) is None:
-            return None, "computed bias"
         g = int(node.attr("group", 1))
         o, cg = int(k.shape[0]), int(k.shape[1])
         kernel = tuple(int(s) for s in k.shape[2:])
@@ -278,7 +284,7 @@ def emit(graph: Graph, layer: Layer, plan: Plan, weights: list[tuple[np.ndarray,
     order, in the (O, F)-matrix convention of homec.lowrank.factor (for MatMul/Gemm:
     (B (r, F), A (O, r))). `bias_delta` (O,) is added to the layer's bias (None: zero).
     Returns the new nodes; the layer's output keeps its name."""
-    from homec.passes._util import Names, add_constant, is_const, remove_constant, replace_value
+    from homec.passes._util import Names, add_constant, is_const, opset, remove_constant, replace_value
 
     node = layer.node
     dtype = layer.weight.dtype
@@ -326,7 +332,10 @@ def emit(graph: Graph, layer: Layer, plan: Plan, weights: list[tuple[np.ndarray,
     else:  # gemm
         ((b_f, a_f),) = weights
         trans_a = int(node.attr("transA", 0))
-        t = add("Gemm", [node.inputs[0], const("lr_b", b_f.T)], {"transA": trans_a} if trans_a else {}, "lr1")
+        first = [node.inputs[0], const("lr_b", b_f.T)]
+        if opset(graph) < 11:  # C is optional only from opset 11: give the first factor a zero
+            first.append(const("lr_zero", np.zeros(b_f.shape[0])))
+        t = add("Gemm", first, {"transA": trans_a} if trans_a else {}, "lr1")
         c = node.inputs[2] if len(node.inputs) > 2 else None
         beta = float(node.attr("beta", 1.0))
         a_const = const("lr_a", a_f.T)
@@ -405,7 +414,7 @@ def new_bias_elements(layer: Layer) -> int:
 
     if layer.kind == "conv":
         b = node.inputs[2] if len(node.inputs) > 2 else None
-        return o - freed(b) if b is not None else o
+        return o - freed(b) if b is not None and _const(b) is not None else o
     if layer.kind == "gemm":
         c = node.inputs[2] if len(node.inputs) > 2 else None
         if c is None or not is_const(c):
@@ -456,16 +465,28 @@ def _bias_input(bias_v, bias, const) -> list:
 def _emit_conv(layer: Layer, plan: Plan, weights, delta, add, const) -> Value:
     node = layer.node
     g = layer.groups
-    cg = layer.in_channels // g
-    og = layer.out_features // g
-    nd = len(layer.kernel)
-    ones = (1,) * nd
     attrs = _conv_attrs(node)
     grp = {"group": g} if g > 1 else {}
     bias_v = node.inputs[2] if len(node.inputs) > 2 else None
     bias = None
+    late = None  # a correction for a bias that is computed or overridable: an Add after
     if delta is not None:
-        bias = (bias_v.const.numpy().astype(np.float64) if bias_v is not None else 0.0) + delta
+        if bias_v is not None and _const(bias_v) is None:
+            late = delta
+        else:
+            bias = (bias_v.const.numpy().astype(np.float64) if bias_v is not None else 0.0) + delta
+    y = _emit_conv_factors(layer, plan, weights, bias_v, bias, attrs, grp, add, const)
+    if late is not None:
+        y = add("Add", [y, const("lr_bias", late.reshape((-1,) + (1,) * len(layer.kernel)))], {}, "lr_bias")
+    return y
+
+
+def _emit_conv_factors(layer, plan, weights, bias_v, bias, attrs, grp, add, const) -> Value:
+    node = layer.node
+    g = layer.groups
+    cg = layer.in_channels // g
+    og = layer.out_features // g
+    ones = (1,) * len(layer.kernel)
 
     def stacked(i: int, shape_of) -> np.ndarray:
         return np.concatenate([np.asarray(w[i]).reshape(shape_of(w[i])) for w in weights], axis=0)
