@@ -1,0 +1,12 @@
+# PP-OCRv4 det at one uniform rank ratio, for the equal-rank comparison of bench/ocr/low_rank.py
+# (issue 6): every factorizable layer keeps ceil(0.50 x its full rank), a layer the product
+# would not make cheaper in MACs and parameters is left alone; data-aware: each layer's factors
+# fit its output on the det calibration inputs (the SVD whitened by the input covariance, the
+# mean output kept). low_rank_det_r50_plain.hc differs only in data_aware, so both get the same
+# ranks. cleanup and fuse_activations run first, as in low_rank_det.hc.
+schedule {
+    cleanup
+    fuse_activations
+    low_rank(ratio=0.50, data_aware=true)
+    cleanup
+}
