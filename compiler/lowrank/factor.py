@@ -286,6 +286,33 @@ def rank_for_energy(s: np.ndarray, energy: float) -> int:
 # ---------------------------------------------------------------------------------------
 
 
+# From this many rows and columns on, a truncated plain SVD takes the leading singular
+# vectors from the eigendecomposition of the smaller Gram matrix W Wᵀ or Wᵀ W instead of a
+# full SVD (a 4096 x 25088 Gemm of VGG19: ~3 min for the SVD, seconds this way).
+LARGE_SVD = 1024
+
+
+def _large_truncated_svd(W: np.ndarray, rank: int) -> Factors:
+    """The rank-r truncated SVD from eigh of the smaller Gram: with W Wᵀ = U S² Uᵀ the
+    factors are A = U_r √S_r and B = √S_r⁻¹ U_rᵀ W (B's rows are S_r V_rᵀ/√S_r = √S_r V_rᵀ);
+    A B = U_r U_rᵀ W is the projection onto the leading left singular vectors, the
+    Eckart–Young optimum. Squaring only blurs singular values below ~1e-8 of the largest,
+    which the truncation drops anyway (or keeps as harmless near-zero directions)."""
+    out, features = W.shape
+    transposed = out > features
+    M = W.T if transposed else W  # (m, n) with m <= n
+    values, vectors = np.linalg.eigh(M @ M.T)
+    order = np.argsort(values)[::-1][:rank]
+    U_r = vectors[:, order]
+    s = np.sqrt(np.clip(values[order], 0.0, None))
+    root = np.sqrt(s)
+    inv = np.divide(1.0, root, out=np.zeros_like(root), where=root > 0)
+    left, right = U_r * root, inv[:, None] * (U_r.T @ M)  # M' = left @ right
+    if transposed:  # W' = M'ᵀ = rightᵀ leftᵀ: A = rightᵀ (O, r), B = leftᵀ (r, F)
+        return Factors((left.T, right.T), np.zeros(out), (rank,))
+    return Factors((right, left), np.zeros(out), (rank,))
+
+
 def matrix_svd(W: np.ndarray, rank: int, gram: np.ndarray | None = None, *,
                ridge: float = 0.0) -> Factors:
     """W (O, F) ~ A B: weights = (B (r, F), A (O, r)), W' = A @ B.
@@ -310,6 +337,8 @@ def matrix_svd(W: np.ndarray, rank: int, gram: np.ndarray | None = None, *,
     out, features = W.shape
     rank = _check_rank(rank, min(out, features))
     if gram is None:
+        if min(out, features) >= LARGE_SVD and rank < min(out, features):
+            return _large_truncated_svd(W, rank)
         U, s, Vt = np.linalg.svd(W, full_matrices=False)
         root = np.sqrt(s[:rank])
         return Factors((root[:, None] * Vt[:rank], U[:, :rank] * root), np.zeros(out),
@@ -467,11 +496,11 @@ def factored_matrix(f: Factors, kind: str, K_shape: Sequence[int]) -> np.ndarray
         matrix = K2.reshape(K2.shape[0], -1) @ K1.reshape(K1.shape[0], -1)
     elif kind == "spatial_svd":
         V1, H = f.weights
-        matrix = np.einsum("rci,orj->ocij", V1[..., 0], H[:, :, 0, :])
+        matrix = np.einsum("rci,orj->ocij", V1[..., 0], H[:, :, 0, :], optimize=True)
     elif kind == "tucker2":
         first, core, last = f.weights
         matrix = np.einsum("or,rs...,sc->oc...", last.reshape(last.shape[:2]), core,
-                           first.reshape(first.shape[:2]))
+                           first.reshape(first.shape[:2]), optimize=True)
     else:
         raise ValueError(f"unknown factorization kind {kind!r}")
     expected = (K_shape[0], math.prod(K_shape[1:]))

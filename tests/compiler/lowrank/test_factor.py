@@ -543,3 +543,17 @@ def test_relative_output_error_edge_cases():
     zero = np.zeros((3, 4))
     assert relative_output_error(zero, zero, np.zeros(3), gram) == 0.0
     assert relative_output_error(zero, zero, delta, gram) == math.inf
+
+
+@pytest.mark.parametrize("shape", [(1100, 1030), (1030, 1100)])
+def test_large_truncated_svd_takes_the_gram_route_with_the_same_result(shape):
+    """From LARGE_SVD rows and columns on, the plain truncated SVD comes from eigh of the
+    smaller Gram; the product must still be the Eckart–Young optimum, the split balanced."""
+    rng = np.random.default_rng(7)
+    W = rng.normal(size=shape) * np.linspace(1.0, 0.01, shape[1])
+    r = 40
+    B, A = matrix_svd(W, r).weights
+    U, s, Vt = np.linalg.svd(W, full_matrices=False)
+    best = (U[:, :r] * s[:r]) @ Vt[:r]
+    assert np.linalg.norm(A @ B - best) <= 1e-10 * np.linalg.norm(best)
+    np.testing.assert_allclose(np.linalg.norm(A, axis=0), np.linalg.norm(B, axis=1), rtol=1e-10)
