@@ -248,10 +248,9 @@ class Factorizer:
             deltas.append(f.bias_delta)
             approx = F.factored_matrix(f, plan.method, kernel.shape if kernel is not None else w.shape)
             if g is not None:
-                d = np.concatenate([approx - w, np.asarray(f.bias_delta)[:, None]], axis=1)
-                wz = np.concatenate([w, np.zeros((w.shape[0], 1))], axis=1)
-                num += float(np.sum((d @ g) * d))  # E||D [x;1]||^2 = tr(D G D^T)
-                den += float(np.sum((wz @ g) * wz))
+                e, energy = F.output_error_terms(w, approx, f.bias_delta, g)
+                num += e
+                den += energy
             else:
                 num += float(np.sum((approx - w) ** 2))
                 den += float(np.sum(w ** 2))
@@ -352,7 +351,7 @@ def _auto(graph, layers, factorizer, method, align, force, budget, objective, ma
 
     from homec.lowrank.layers import costs, emit, new_bias_elements
     from homec.onnx_io import load
-    from homec.quant.sensitivity import OutputErrorMeter
+    from homec.quant.sensitivity import OutputErrorMeter, pick_threshold
 
     if objective == "macs" and not macs_total:
         raise UsageError('low_rank(objective="macs"): the MACs are unknown (no static shapes); '
@@ -409,30 +408,8 @@ def _auto(graph, layers, factorizer, method, align, force, budget, objective, ma
     thresholds = sorted({e for pts in curves.values() for _, _, e in pts})
     if not thresholds:
         return {}
-    if objective in ("macs", "params"):
-        lo, hi = 0, len(thresholds) - 1
-        if saved(pick(thresholds[hi])) < budget:
-            ctx.warn(f"low_rank: budget {budget:g} of the {objective} not reachable within the "
-                     f"candidate ranks (at most {saved(pick(thresholds[hi])):.3f})")
-            chosen = pick(thresholds[hi])
-        else:
-            while lo < hi:
-                mid = (lo + hi) // 2
-                if saved(pick(thresholds[mid])) >= budget:
-                    hi = mid
-                else:
-                    lo = mid + 1
-            chosen = pick(thresholds[lo])
-    else:
-        lo, hi = 0, len(thresholds) - 1
-        chosen = {}
-        while lo <= hi:
-            mid = (lo + hi) // 2
-            cand = pick(thresholds[mid])
-            if measure(cand) <= budget:
-                chosen, lo = cand, mid + 1
-            else:
-                hi = mid - 1
+    chosen = pick_threshold(thresholds, pick, saved, measure, budget, objective,
+                            lambda m: ctx.warn(f"low_rank: {m}"), empty={})
     err = measure(chosen) if chosen else 0.0
     ctx.report("auto", {"budget": budget, "objective": objective, "saved": round(saved(chosen), 6),
                         "rel_l2": round(err, 6)})

@@ -364,7 +364,7 @@ def _auto(graph, analysis, groups, scores, stats, originals, method, const_sizes
     """Per-group ratios from measured sensitivity curves, picked greedily to meet the budget."""
     from homec.onnx_io import load
     from homec.prune import select as S
-    from homec.quant.sensitivity import OutputErrorMeter
+    from homec.quant.sensitivity import OutputErrorMeter, pick_threshold
 
     model = graph.to_onnx().SerializeToString()
     meter = OutputErrorMeter(model, sens_samples)
@@ -412,29 +412,8 @@ def _auto(graph, analysis, groups, scores, stats, originals, method, const_sizes
         if objective == "macs" and total == 0:
             raise UsageError("prune_channels(objective=\"macs\"): the MACs are unknown (no "
                              "static shapes); use objective=\"params\"")
-        lo, hi = 0, len(thresholds) - 1
-        if saved(pick(thresholds[hi])) < budget:
-            ctx.warn(f"budget {budget:g} of the {objective} not reachable within the sensitivity "
-                     f"ratios (at most {saved(pick(thresholds[hi])):.3f})")
-            chosen = pick(thresholds[hi])
-        else:
-            while lo < hi:
-                mid = (lo + hi) // 2
-                if saved(pick(thresholds[mid])) >= budget:
-                    hi = mid
-                else:
-                    lo = mid + 1
-            chosen = pick(thresholds[lo])
-    else:  # the most pruning whose measured whole-model error is within the budget
-        lo, hi = 0, len(thresholds) - 1
-        chosen = np.zeros(0, np.int64)
-        while lo <= hi:
-            mid = (lo + hi) // 2
-            cand = pick(thresholds[mid])
-            if measure(cand) <= budget:
-                chosen, lo = cand, mid + 1
-            else:
-                hi = mid - 1
+    chosen = pick_threshold(thresholds, pick, saved, measure, budget, objective, ctx.warn,
+                            empty=np.zeros(0, np.int64))
     err = measure(chosen) if chosen.size else 0.0
     ctx.report("auto", {"budget": budget, "objective": objective, "saved": round(saved(chosen), 6),
                         "rel_l2": round(err, 6)})

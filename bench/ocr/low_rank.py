@@ -170,33 +170,6 @@ def equal_rank_pairs(rows: dict[str, dict[str, str]]) -> dict[str, tuple[str, st
 
 # --------------------------------------------------------------------------- model figures
 
-def model_figures(path: str, fixed_shape: Sequence[int], calib_shapes: Sequence[tuple[int, ...]]) -> dict:
-    """homec's analysis of one single-input model, the generalization of
-    bench.ocr.prune.det_figures to any fixed shape (prune's is det's 1x3x640x640): MACs at
-    `fixed_shape` and the mean over the calibration inputs (each distinct shape analysed once,
-    the mean weighting each input alike), parameters (count_params: weights of every scope),
-    file size and node count; `complete` is False when some layer's shape stayed unknown."""
-    from homec.analysis.cost import analyze_cost
-    from homec.analysis.shapes import infer_shapes
-    from homec.onnx_io import load
-
-    graph = load(path)
-    (data_input,) = [v for v in graph.inputs if not v.is_initializer]
-    macs: dict[tuple[int, ...], tuple[int, bool]] = {}
-    params = None
-    for shape in [tuple(fixed_shape), *calib_shapes]:
-        if shape not in macs:
-            cost = analyze_cost(graph, infer_shapes(graph, {data_input.name: shape}))
-            macs[shape] = (cost.total_macs, cost.complete)
-            params = cost.params
-    calib_macs = [macs[s][0] for s in calib_shapes]
-    return {"macs_fixed": macs[tuple(fixed_shape)][0], "fixed_shape": list(fixed_shape),
-            "macs_calib_mean": sum(calib_macs) / len(calib_macs) if calib_macs else None,
-            "calib_inputs": len(calib_shapes), "complete": all(ok for _, ok in macs.values()),
-            "params": params.count, "param_bytes": params.bytes,
-            "bytes": os.path.getsize(path), "nodes": len(graph)}
-
-
 def output_errors(reference: str, paths: dict[str, str], feeds: Sequence[dict]) -> dict[str, float]:
     """label -> mean over `feeds` (and outputs) of ||y - y_ref|| / ||y_ref||, y_ref the outputs
     of the `reference` model (homec.quant.sensitivity.OutputErrorMeter, without graph
@@ -237,11 +210,6 @@ def low_rank_record(rec: dict) -> dict | None:
     return found[-1] if found else None
 
 
-def _stat(stats: dict, *names: str) -> int:
-    """The first of `names` present in a pass's statistics (the names it has gone by), else 0."""
-    return next((stats[n] for n in names if n in stats), 0)
-
-
 def low_rank_lines(rec: dict) -> list[str]:
     """low_rank's statistics as sentences: layers factorized (by method, data-aware), the model's
     MACs and parameters before -> after as the pass counts them, the budget search."""
@@ -253,14 +221,14 @@ def low_rank_lines(rec: dict) -> list[str]:
     lines = [f"    low_rank: {st.get('layers_factorized', 0)} layers factorized"
              + (f" ({methods})" if methods else "")
              + f", {st.get('data_aware_layers', 0)} data-aware; "
-             f"{_stat(st, 'skipped_not_cheaper', 'layers_not_cheaper')} not cheaper, "
-             f"{_stat(st, 'skipped_layers', 'layers_skipped')} unsupported; {p['seconds']:.0f}s of "
+             f"{st.get('skipped_not_cheaper', 0)} not cheaper, "
+             f"{st.get('skipped_layers', 0)} unsupported; {p['seconds']:.0f}s of "
              f"{rec['seconds']:.0f}s compile"]
     for what in ("macs", "params"):
         before, after = st.get(f"{what}_before"), st.get(f"{what}_after")
         if before:
             lines.append(f"    low_rank: {what} {before:,} -> {after:,} ({1 - after / before:.1%} fewer)")
-    measured = _stat(st, "candidates_measured", "sensitivity_evaluations")
+    measured = st.get("candidates_measured", 0)
     if measured:
         auto = details.get("auto") or {}
         lines.append(f"    low_rank: {measured} candidates measured (sensitivity evaluations); budget "
@@ -533,7 +501,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         shapes = npz_shapes(folders[kind])
         variants = {REFERENCE: fp32[kind]}
         variants.update({lb: p for lb, p in good.items() if lb.startswith(kind + ":")})
-        figures[kind] = {lb: model_figures(p, FIXED_SHAPES[kind], shapes) for lb, p in variants.items()}
+        figures[kind] = {lb: prune.model_figures(p, shapes, FIXED_SHAPES[kind]) for lb, p in variants.items()}
         errors[kind] = {} if args.error_samples <= 0 else \
             output_errors(fp32[kind], variants, load_feeds(folders[kind], args.error_samples))
         for label, path in variants.items():

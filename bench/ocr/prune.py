@@ -128,9 +128,10 @@ def npz_shapes(folder: str) -> list[tuple[int, ...]]:
     return shapes
 
 
-def det_figures(path: str, calib_shapes: Sequence[tuple[int, ...]]) -> dict:
-    """homec's analysis of one det model: MACs at FIXED_SHAPE, per distinct calibration shape
-    and their mean over the calibration inputs (sum over inputs of MACs(shape) / inputs),
+def model_figures(path: str, calib_shapes: Sequence[tuple[int, ...]],
+                  fixed_shape: Sequence[int] = FIXED_SHAPE) -> dict:
+    """homec's analysis of one single-input model: MACs at `fixed_shape` (det's FIXED_SHAPE by
+    default), per distinct calibration shape and their mean over the calibration inputs (sum over inputs of MACs(shape) / inputs),
     parameters, file size, node count. MACs are the counted Conv/ConvTranspose/Gemm/MatMul
     multiply-accumulates (homec.analysis.cost); `complete` is False when a layer's shape
     stayed unknown (then the totals are lower bounds)."""
@@ -148,7 +149,7 @@ def det_figures(path: str, calib_shapes: Sequence[tuple[int, ...]]) -> dict:
         cost = analyze_cost(graph, infer_shapes(graph, {name: shape}))
         return cost.total_macs, cost.complete, cost.params
 
-    fixed, fixed_complete, params = at(FIXED_SHAPE)
+    fixed, fixed_complete, params = at(tuple(fixed_shape))
     per_shape: dict[tuple[int, ...], int] = {}
     complete = fixed_complete
     for shape in calib_shapes:
@@ -156,7 +157,7 @@ def det_figures(path: str, calib_shapes: Sequence[tuple[int, ...]]) -> dict:
             per_shape[shape], ok, _ = at(shape)
             complete = complete and ok
     mean = statistics.fmean(per_shape[s] for s in calib_shapes) if calib_shapes else None
-    return {"macs_fixed": fixed, "fixed_shape": list(FIXED_SHAPE), "macs_calib_mean": mean,
+    return {"macs_fixed": fixed, "fixed_shape": list(fixed_shape), "macs_calib_mean": mean,
             "macs_by_shape": {"x".join(map(str, s)): m for s, m in per_shape.items()},
             "calib_inputs": len(calib_shapes), "complete": complete,
             "params": params.count, "param_bytes": params.bytes,
@@ -364,7 +365,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     det_paths.update({name: r["path"] for name, r in compiled.items() if r["ok"]})
 
     t0 = time.perf_counter()
-    det = {name: det_figures(path, calib_shapes) for name, path in det_paths.items()}
+    det = {name: model_figures(path, calib_shapes) for name, path in det_paths.items()}
     log(f"det MACs analysed in {time.perf_counter() - t0:.0f}s ({len(calib_shapes)} calibration "
         f"inputs, {len(det[REFERENCE]['macs_by_shape'])} distinct shapes)")
 

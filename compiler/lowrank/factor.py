@@ -66,6 +66,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from homec.prune.gram import covariance_from_gram
+from homec.prune.refit import solve_psd
 
 __all__ = ["Factors", "spectrum", "rank_for_energy", "matrix_svd", "channel_svd",
            "spatial_svd", "tucker2", "factored_matrix", "relative_output_error"]
@@ -77,8 +78,6 @@ _NULL = 1e-7
 _ZERO_VARIANCE = 1e-14
 # Relative size below which what remains of a matrix after a projection is rounding noise.
 _RESIDUAL = 1e-10
-# Relative size of a Cholesky pivot below which a row of a system is taken as dependent.
-_DEPENDENT = 1e3 * np.finfo(np.float64).eps
 
 
 @dataclasses.dataclass(frozen=True)
@@ -200,24 +199,6 @@ def _leading_left_vectors(M: np.ndarray, rank: int) -> np.ndarray:
     return _extend_basis(U[:, :rank], np.zeros((M.shape[0], 0)), rank)
 
 
-def _solve_psd(system: np.ndarray, rhs: np.ndarray) -> np.ndarray:
-    """system^-1 rhs for a symmetric positive semi-definite system; the minimum-norm
-    least-squares solution when it is singular to working precision (a Cholesky pivot
-    pivot_i^2 / system_ii tiny: row i is explained by the rows before it), where a direct
-    solve would return huge cancelling weights."""
-    diagonal = np.diag(system)
-    try:
-        if diagonal.size and diagonal.min() > 0:
-            pivots = np.diag(np.linalg.cholesky(system)) ** 2
-            if np.min(pivots / diagonal) > system.shape[0] * _DEPENDENT:
-                solution = np.linalg.solve(system, rhs)
-                if np.all(np.isfinite(solution)):
-                    return solution
-    except np.linalg.LinAlgError:
-        pass
-    return np.linalg.lstsq(system, rhs, rcond=None)[0]
-
-
 def _fit_through(W: np.ndarray, P: np.ndarray, sigma: np.ndarray, mean: np.ndarray,
                  ridge: float, anchor: np.ndarray
                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -238,7 +219,7 @@ def _fit_through(W: np.ndarray, P: np.ndarray, sigma: np.ndarray, mean: np.ndarr
     system = Q.copy()
     if ridge > 0 and Q.shape[0]:
         system[np.diag_indices(Q.shape[0])] += ridge * float(np.mean(np.diag(Q)))
-    N = anchor + _solve_psd(system, sigma_pt.T @ W.T - Q @ anchor.T).T
+    N = anchor + solve_psd(system, sigma_pt.T @ W.T - Q @ anchor.T).T
     return N, W @ mean - N @ (P @ mean), Q
 
 
@@ -509,11 +490,11 @@ def factored_matrix(f: Factors, kind: str, K_shape: Sequence[int]) -> np.ndarray
     return matrix.reshape(expected)
 
 
-def relative_output_error(W: np.ndarray, W_approx: np.ndarray, bias_delta: np.ndarray,
-                          gram: np.ndarray) -> float:
-    """sqrt(E ||(W' - W) x + bias_delta||^2 / E ||W x||^2) over the rows behind the
-    augmented gram, as quadratic forms: D = [W' - W | bias_delta], tr(D G D^T) over
-    tr(W G[:F, :F] W^T). 0 when both vanish, inf when only the energy does."""
+def output_error_terms(W: np.ndarray, W_approx: np.ndarray, bias_delta: np.ndarray,
+                       gram: np.ndarray) -> tuple[float, float]:
+    """(E ||(W' - W) x + bias_delta||^2, E ||W x||^2) over the rows behind the augmented gram,
+    as quadratic forms: D = [W' - W | bias_delta], tr(D G D^T) and tr(W G[:F, :F] W^T).
+    Summed over a grouped layer's groups they give the layer's relative error."""
     W = _as_matrix(W)
     out, features = W.shape
     W_approx = np.asarray(W_approx, dtype=np.float64)
@@ -525,6 +506,14 @@ def relative_output_error(W: np.ndarray, W_approx: np.ndarray, bias_delta: np.nd
     D = np.column_stack([W_approx - W, bias_delta])
     error = max(float(np.sum((D @ G) * D)), 0.0)
     energy = max(float(np.sum((W @ G[:features, :features]) * W)), 0.0)
+    return error, energy
+
+
+def relative_output_error(W: np.ndarray, W_approx: np.ndarray, bias_delta: np.ndarray,
+                          gram: np.ndarray) -> float:
+    """sqrt(E ||(W' - W) x + bias_delta||^2 / E ||W x||^2) (`output_error_terms`). 0 when
+    both vanish, inf when only the energy does."""
+    error, energy = output_error_terms(W, W_approx, bias_delta, gram)
     if energy > 0:
         return math.sqrt(error / energy)
     return 0.0 if error == 0 else math.inf

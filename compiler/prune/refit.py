@@ -69,7 +69,7 @@ def _split(keep: np.ndarray, features: int) -> tuple[np.ndarray, np.ndarray, np.
     return kept, np.flatnonzero(~keep), np.append(kept, features)
 
 
-def _solve_symmetric(M: np.ndarray, rhs: np.ndarray, *, regularized: bool) -> np.ndarray:
+def solve_psd(M: np.ndarray, rhs: np.ndarray, *, regularized: bool = False) -> np.ndarray:
     """M^-1 rhs for a symmetric positive semi-definite M; the minimum-norm least-squares
     solution when M is singular (e.g. ridge = 0 with duplicated or constant features),
     which still minimizes the error.
@@ -242,7 +242,7 @@ def refit(W: np.ndarray, b: np.ndarray | None, G: np.ndarray, keep: np.ndarray, 
         rhs = G[np.ix_(K1, removed)] @ W[:, removed].T
         system = G[np.ix_(K1, K1)]  # a copy: the ridge goes in place
         regularized = _add_ridge(system, ridge)
-        base = base + _solve_symmetric(system, rhs, regularized=regularized).T
+        base = base + solve_psd(system, rhs, regularized=regularized).T
     return base[:, :-1], base[:, -1].copy()
 
 
@@ -286,7 +286,7 @@ def refit_cross(W: np.ndarray, b: np.ndarray | None, A: np.ndarray, C: np.ndarra
         theta0 = np.column_stack([W0, b0]).T
     rhs = target - A_K1K1 @ theta0
     regularized = _add_ridge(A_K1K1, ridge)
-    theta = theta0 + _solve_symmetric(A_K1K1, rhs, regularized=regularized)
+    theta = theta0 + solve_psd(A_K1K1, rhs, regularized=regularized)
     return theta[:-1].T, theta[-1].copy()
 
 

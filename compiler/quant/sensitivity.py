@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -122,3 +123,39 @@ def keep_within_budget(float_model: bytes, plan: Plan, params: dict[str, QParams
         else:
             lo = mid
     return hi, error_keeping(hi)
+
+
+def pick_threshold(thresholds: Sequence[float], pick: Callable[[float], Any],
+                   saved: Callable[[Any], float], measure: Callable[[Any], float], budget: float,
+                   objective: str, warn: Callable[[str], None], *, empty: Any) -> Any:
+    """The greedy budget selection shared by pruning and low-rank factorization (AIMET's
+    compression-ratio selection). Every layer/group has a measured error per candidate;
+    `pick(tau)` takes each one's most compressing candidate with error <= tau, a monotone
+    function of tau. With objective "macs"/"params": the smallest tau whose pick saves at
+    least `budget` (a fraction; `saved` measures it), or the largest tau with a warning when
+    none does. With "error": the largest tau whose pick's measured whole-model error
+    (`measure`) stays within `budget` (`empty` when none does). Bisection over the sorted
+    distinct `thresholds`."""
+    lo, hi = 0, len(thresholds) - 1
+    if objective in ("macs", "params"):
+        most = pick(thresholds[hi])
+        if saved(most) < budget:
+            warn(f"budget {budget:g} of the {objective} not reachable within the candidates "
+                 f"measured (at most {saved(most):.3f})")
+            return most
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if saved(pick(thresholds[mid])) >= budget:
+                hi = mid
+            else:
+                lo = mid + 1
+        return pick(thresholds[lo])
+    chosen = empty
+    while lo <= hi:
+        mid = (lo + hi) // 2
+        cand = pick(thresholds[mid])
+        if measure(cand) <= budget:
+            chosen, lo = cand, mid + 1
+        else:
+            hi = mid - 1
+    return chosen
