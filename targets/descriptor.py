@@ -124,6 +124,10 @@ class ComputeModel:
         """MACs per cycle for compute in `dtype`."""
         if dtype is not None and dtype in self.macs_per_cycle:
             return float(self.macs_per_cycle[dtype])
+        # unsigned kernels run at their signed twin's rate (the same MAC units)
+        twin = {"uint8": "int8", "uint16": "int16", "uint32": "int32", "uint64": "int64"}.get(dtype or "")
+        if twin in self.macs_per_cycle:
+            return float(self.macs_per_cycle[twin])
         return float(self.macs_per_cycle.get("default", min(self.macs_per_cycle.values())))
 
 
@@ -137,7 +141,7 @@ class Target:
     description: str
     device: str
     fallback: str | None
-    opset: int
+    opset: int | None  # the opset the target's toolchain reads (None: any; models below are upgraded)
     static_shapes: bool
     channel_alignment: int
     quantization: QuantRules
@@ -167,7 +171,8 @@ class Target:
         parts.append("int8 only" if self.quantization.required else "float or int8")
         if not self.all_ops:
             parts.append(f"{len(self.ops)} ops")
-        parts.append("fallback: " + (self.fallback or "none"))
+        if not self.all_ops:
+            parts.append("fallback: " + (self.fallback or "none"))
         if self.channel_alignment > 1:
             parts.append(f"align {self.channel_alignment}")
         if self.memory.sram is not None:
@@ -176,7 +181,8 @@ class Target:
             parts.append(f"flash {_kib(self.memory.flash)}")
         if self.static_shapes:
             parts.append("static shapes")
-        parts.append(f"opset {self.opset}")
+        if self.opset is not None:
+            parts.append(f"opset {self.opset}")
         return ", ".join(parts)
 
     def as_dict(self) -> dict[str, Any]:
@@ -240,13 +246,13 @@ def _load_file(path: str, display: str, _seen: tuple[str, ...] = ()) -> Target:
         if not isinstance(base, str) or base not in BUILTIN_TARGETS:
             raise UsageError(f"extends: expected one of {', '.join(BUILTIN_TARGETS)}, got {base!r}",
                              path=display)
-        data = _merge(_read_toml(builtin_target_path(base), base), data)
+        data = _merge(_read_toml(builtin_target_path(base), base), data, display)
         data.pop("extends", None)
     target = target_from_dict(data, source=display)
     return dataclasses.replace(target, path=os.path.abspath(path))
 
 
-def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+def _merge(base: dict[str, Any], over: dict[str, Any], source: str) -> dict[str, Any]:
     out = dict(base)
     for key, value in over.items():
         if key == "ops" and isinstance(value, dict) and isinstance(base.get("ops"), dict):
@@ -255,12 +261,22 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
             out[key] = {**base[key], **value}
         else:
             out[key] = value
+    if over.get("fallback") == "none" and "fallback_compute" not in over:
+        out.pop("fallback_compute", None)  # the base's fallback CPU goes with its fallback
     removed = out.pop("ops_remove", None)
     if removed is not None:
-        ops = dict(out.get("ops", {}))
-        for name in removed if isinstance(removed, list) else [removed]:
-            ops.pop(name, None)
-        out["ops"] = ops
+        if not isinstance(removed, list) or not all(isinstance(x, str) for x in removed):
+            raise UsageError(f"ops_remove: expected a list of operator names, got {removed!r}",
+                             path=source)
+        ops = out.get("ops", {})
+        if not isinstance(ops, dict):
+            raise UsageError('ops_remove: the base runs every operator (ops = "all"); list '
+                             "[ops.NAME] tables instead", path=source)
+        for name in removed:
+            if name not in ops:
+                raise UsageError(f"ops_remove: `{name}` is not an operator of the base target"
+                                 + _hint(name, set(ops)), path=source)
+        out["ops"] = {k: v for k, v in ops.items() if k not in removed}
     return out
 
 
@@ -422,6 +438,9 @@ def target_from_dict(data: Mapping[str, Any], *, source: str = "<target>") -> Ta
         activations=q.string("activations", "uint8", ("int8", "uint8")),
         form=q.string("form", "qdq", FORMS),
     )
+    if quant.weight_symmetric != (quant.weights != "uint8"):
+        raise q.fail("weight_symmetric", "int8/int4 weights are symmetric and uint8 weights "
+                                         "asymmetric (what `quantize` produces)")
     q.finish()
     m = r.table_of("memory")
     memory = MemoryBudget(sram=_kib_bytes(m, "sram_kib"), flash=_kib_bytes(m, "flash_kib"))
@@ -440,7 +459,7 @@ def target_from_dict(data: Mapping[str, Any], *, source: str = "<target>") -> Ta
         description=r.string("description", ""),
         device=device,
         fallback=fb,
-        opset=int(r.number("opset", 17, integer=True)),
+        opset=r.number("opset", integer=True),
         static_shapes=r.boolean("static_shapes", False),
         channel_alignment=int(r.number("channel_alignment", 1, integer=True)),
         quantization=quant,
