@@ -7,6 +7,7 @@
     homec check SCHEDULE            validate a schedule without a model
     homec fmt SCHEDULE              print a schedule normalized
     homec passes [--json]           list the registered passes with their options
+    homec targets [TARGET] [--json] list the built-in targets (or describe one)
     homec --version
 
 The first argument picks a subcommand from COMMANDS; anything else is the main job. (A model
@@ -154,7 +155,8 @@ def build_compile_parser() -> argparse.ArgumentParser:
                    help="schedule file (.hc) saying which passes run in which order "
                         "(default: none, the model is re-emitted as loaded)")
     c.add_argument("-t", "--target", metavar="TARGET",
-                   help="appliance target: cpu, npu-int8 or mcu")
+                   help="appliance target: cpu, npu-int8, mcu (see `homec targets`) or a "
+                        ".toml descriptor file (docs/targets.md)")
     c.add_argument("--calib", metavar="PATH",
                    help="calibration data: an .npz (keys = input names, samples stacked on a "
                         "new leading axis) or a folder of .npz files, one sample each")
@@ -175,8 +177,12 @@ def build_compile_parser() -> argparse.ArgumentParser:
     v.add_argument("--pass-limit", metavar="N", type=_non_negative_int,
                    help="run only the first N pass invocations (bisection)")
     v.add_argument("--stats", action="store_true", help="print per-pass time and statistics")
-    v.add_argument("--report", metavar="OUT.json",
-                   help="write a JSON report (passes, statistics, before/after, verification)")
+    v.add_argument("--report", metavar="OUT.json|OUT.html", action="append", default=[],
+                   help="write the report: .json (machine-readable, docs/report.md) or .html "
+                        "(one self-contained page with plots); repeat for both")
+    v.add_argument("--measure", action="store_true",
+                   help="with -t: also measure onnxruntime CPU latency of the input and output "
+                        "models (makes the manifest differ from run to run)")
     _add_output_arguments(p.add_argument_group("output"))
     return p
 
@@ -230,6 +236,19 @@ def _add_output_arguments(g: argparse._ArgumentGroup) -> None:
                    help="print nothing on success")
     g.add_argument("--external-data", action="store_true",
                    help="write weights to <OUT>.data beside the model (automatic over 2 GiB)")
+    g.add_argument("--manifest", metavar="PATH",
+                   help="with -t: where to write the JSON manifest (placement, memory plan, "
+                        "estimates, I/O quantization; default: <OUT stem>.manifest.json)")
+    g.add_argument("--depfile", metavar="OUT.d",
+                   help="write a Make/Ninja depfile: the output depends on the model, its "
+                        "external data, the schedule and its includes, the target file and the "
+                        "calibration data")
+
+
+def default_manifest_path(out_path: str) -> str:
+    """`dir/name.onnx` -> `dir/name.manifest.json`."""
+    stem = out_path[: -len(".onnx")] if out_path.lower().endswith(".onnx") else out_path
+    return stem + ".manifest.json"
 
 
 def default_output_path(model_path: str) -> str:
@@ -258,35 +277,57 @@ def _check_output_path(model_path: str, out_path: str) -> None:
 def run_compile(args: argparse.Namespace) -> int:
     import homec
     from homec.analysis.shapes import parse_input_shapes
-    from homec.driver import load_schedule
+    from homec.driver import BUILTIN_TARGETS, load_schedule
+    from homec.targets.descriptor import load_target
 
     out_path = args.output if args.output else default_output_path(args.model)
     _check_output_path(args.model, out_path)
+    for path in args.report:
+        if not path.lower().endswith((".json", ".html", ".htm")):
+            raise UsageError(f"--report {path}: the file name must end in .json or .html")
+    if (args.manifest or args.measure) and not args.target:
+        raise UsageError(f"{'--manifest' if args.manifest else '--measure'} needs a target (-t)")
     # Validate everything cheap before the model is touched.
-    schedule = load_schedule(args.schedule)[0] if args.schedule else None
+    target = load_target(args.target) if args.target else None
+    names = BUILTIN_TARGETS + ((target.name,) if target else ())
+    schedule = load_schedule(args.schedule, targets=names)[0] if args.schedule else None
     shapes = parse_input_shapes(args.input_shape) if args.input_shape else None
     tolerance = parse_tolerance(args.tolerance) if args.tolerance else None
     progress = _Progress(enabled=not args.quiet and sys.stderr.isatty())
     try:
         result = homec.compile(
-            args.model, schedule, target=args.target, calib=args.calib,
+            args.model, schedule, target=target, calib=args.calib,
             verify=args.verify, tolerance=tolerance, input_shapes=shapes,
             verify_each=args.verify_each, dump_dir=args.dump_dir, pass_limit=args.pass_limit,
             seed=args.seed, reproducer_dir=os.path.dirname(os.path.abspath(out_path)),
-            on_pass_start=progress.start, on_pass_end=progress.end)
+            measure=args.measure, on_pass_start=progress.start, on_pass_end=progress.end)
     except homec.HomecError as e:
         progress.close()
         report = getattr(e, "report", None)
-        if report is not None and args.report:
-            _write_report(report, args.report)
+        if report is not None:
+            for path in args.report:
+                _write_report(report, path)
         raise
     progress.close()
     homec.save(result.model, out_path, external_data=True if args.external_data else None)
     report = result.report
     report["output"] = out_path
     report["files"] = {"input_bytes": _file_size(args.model), "output_bytes": _file_size(out_path)}
-    if args.report:
-        _write_report(report, args.report)
+    outputs = [out_path]
+    if target is not None:
+        manifest_path = args.manifest or default_manifest_path(out_path)
+        manifest = dict(report["manifest"], model=os.path.basename(out_path))
+        _write_json(manifest, manifest_path, what="manifest")
+        report["manifest_path"] = manifest_path
+        outputs.append(manifest_path)
+    for path in args.report:
+        _write_report(report, path)
+    if args.depfile:
+        from homec.depfile import dependencies, write_depfile
+
+        write_depfile(args.depfile, outputs, dependencies(
+            model_path=args.model, schedule_path=args.schedule, target=target,
+            calib_path=args.calib))
     if args.stats:
         print(format_stats(report))
     if not args.quiet:
@@ -295,17 +336,32 @@ def run_compile(args: argparse.Namespace) -> int:
 
 
 def _write_report(report: dict, path: str) -> None:
+    if path.lower().endswith(".json"):
+        _write_json(report, path, what="report")
+        return
+    from homec.report import write_report
+
+    write_report(report, path)
+
+
+def _write_json(data: dict, path: str, *, what: str) -> None:
+    """Atomically write `data` as sorted, indented JSON (byte-identical for equal data)."""
     import tempfile
 
     directory = os.path.dirname(os.path.abspath(path))
     try:
-        fd, tmp = tempfile.mkstemp(prefix=".homec-report-", dir=directory)
-        with os.fdopen(fd, "w") as f:
-            json.dump(report, f, indent=2, sort_keys=True, default=_json_default)
-            f.write("\n")
-        os.replace(tmp, path)
+        fd, tmp = tempfile.mkstemp(prefix=f".homec-{what}-", dir=directory)
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump(data, f, indent=2, sort_keys=True, default=_json_default)
+                f.write("\n")
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
     except OSError as e:
-        raise OutputError(f"cannot write the report ({e.strerror or e})", path=path) from None
+        raise OutputError(f"cannot write the {what} ({e.strerror or e})", path=path) from None
 
 
 def _json_default(o):
@@ -380,6 +436,9 @@ def format_summary(model_path: str, out_path: str, report: dict) -> str:
     lines.append(f"  MACs        {change('macs')}")
     lines.append(f"  file size   {_human_bytes(files.get('input_bytes'))} -> "
                  f"{_human_bytes(files.get('output_bytes'))}")
+    manifest = report.get("manifest")
+    if manifest:
+        lines.extend(_target_summary(report, manifest))
     ver = report.get("verification")
     if ver:
         worst = max((o["max_abs"] for o in ver["outputs"]), default=0.0)
@@ -389,6 +448,29 @@ def format_summary(model_path: str, out_path: str, report: dict) -> str:
     for w in report.get("warnings", []):
         lines.append(f"  warning: {w}")
     return "\n".join(lines)
+
+
+def _target_summary(report: dict, manifest: dict) -> list[str]:
+    b, a = report["before"], report["after"]
+    tgt, mem, place = manifest["target"], manifest["memory"], manifest["placement"]
+    sram = tgt["memory"]["sram_bytes"]
+    flash = tgt["memory"]["flash_bytes"]
+    lines = [f"  memory      arena {_human_bytes(b.get('arena_bytes'))} -> "
+             f"{_human_bytes(a.get('arena_bytes'))}"
+             + (f" of {_human_bytes(sram)} SRAM" if sram else "")
+             + f"; weights {_human_bytes(mem['weight_bytes'])}"
+             + (f" of {_human_bytes(flash)} flash" if flash else "")]
+    est = f"{b.get('estimated_ms', 0):.3g} ms -> {a.get('estimated_ms', 0):.3g} ms"
+    lines.append(f"  latency     {est} (estimated on {tgt['name']})")
+    measured = manifest.get("measured")
+    if measured:
+        mb, ma = measured["before"]["median_ms"], measured["after"]["median_ms"]
+        lines.append(f"  measured    {mb:.3g} ms -> {ma:.3g} ms onnxruntime CPU, "
+                     f"{measured['after']['threads']} thread(s) ({mb / ma:.2f}x)")
+    counts = ", ".join(f"{n} on {d}" for d, n in sorted(place["counts"].items()))
+    lines.append(f"  placement   {counts}; {len(place['partitions'])} partition(s), "
+                 f"{place['transitions']} transition(s)")
+    return lines
 
 
 def _file_size(path: str) -> int | None:
@@ -538,6 +620,33 @@ def _show_default(v) -> str:
     return repr(v)
 
 
+def build_targets_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=f"{PROG} targets",
+                                description="List the built-in targets (or describe one target "
+                                            "or .toml descriptor file).")
+    p.add_argument("target", nargs="?", metavar="TARGET", help="a target name or .toml file")
+    p.add_argument("--json", action="store_true", help="print as JSON")
+    return p
+
+
+def run_targets(args: argparse.Namespace) -> int:
+    from homec.targets.descriptor import BUILTIN_TARGETS, load_target
+
+    targets = [load_target(args.target)] if args.target else [load_target(n) for n in BUILTIN_TARGETS]
+    if args.json:
+        print(json.dumps([t.as_dict() for t in targets], indent=2, sort_keys=True))
+        return int(ExitCode.OK)
+    width = max(len(t.name) for t in targets)
+    for t in targets:
+        print(f"{t.name:<{width}}  {t.description}")
+        print(f"{'':<{width}}  {t.summary()}")
+        if args.target:
+            print(f"{'':<{width}}  file: {t.path}")
+            if not t.all_ops:
+                print(f"{'':<{width}}  ops: {', '.join(sorted(t.ops))}")
+    return int(ExitCode.OK)
+
+
 # ---------------------------------------------------------------------------------------
 
 COMMANDS: dict[str, Command] = {
@@ -548,6 +657,8 @@ COMMANDS: dict[str, Command] = {
     "fmt": Command("fmt", "print a schedule in normalized form", build_fmt_parser, run_fmt),
     "passes": Command("passes", "list the registered passes with options and docs",
                       build_passes_parser, run_passes),
+    "targets": Command("targets", "list the built-in targets (or describe one)",
+                       build_targets_parser, run_targets),
 }
 
 

@@ -39,6 +39,7 @@ class PassContext:
     selector: Selector = dataclasses.field(default_factory=Selector)
     target: Any | None = None  # a target descriptor (homec.targets), when compiling for one
     calib: Any | None = None  # calibration samples (homec.calib), when given
+    input_shapes: dict[str, tuple[int, ...]] | None = None  # --input-shape, when given
     seed: int = 0
     warnings: list[str] = dataclasses.field(default_factory=list)
     # structured results a pass reports besides its statistics (per-layer quantization error,

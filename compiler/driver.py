@@ -22,7 +22,7 @@ from homec.pipeline import PassRecord, PipelineRunner, RunOptions
 from homec.registry import REGISTRY, Tolerance
 from homec.schedule.ast import Program, Schedule
 
-BUILTIN_TARGETS = ("cpu", "npu-int8", "mcu")
+from homec.targets.descriptor import BUILTIN_TARGETS  # noqa: E402  (re-exported)
 REPORT_SCHEMA_VERSION = 1
 
 
@@ -73,15 +73,8 @@ def _is_resolved(schedule: Schedule) -> bool:
 def graph_figures(graph: Graph, input_shapes: Mapping[str, Sequence[int]] | None = None) -> dict[str, Any]:
     """Size figures for the report: nodes, parameters, bytes, MACs (None if unknown)."""
     from homec.analysis.cost import analyze_cost
-    from homec.analysis.shapes import infer_shapes
 
-    try:
-        types = infer_shapes(graph, input_shapes, symbolic_fallback=False)
-    except UsageError:
-        raise
-    except Exception:  # shape inference failing must not fail a compile
-        types = {}
-    cost = analyze_cost(graph, types)
+    cost = analyze_cost(graph, _safe_types(graph, input_shapes))
     return {
         "nodes": len(graph),
         "parameters": cost.params.count,
@@ -126,7 +119,7 @@ def compile(  # noqa: A001 — the public name users expect: homec.compile
     model: str | os.PathLike | onnx.ModelProto | Graph,
     schedule: Schedule | Program | str | os.PathLike | None = None,
     *,
-    target: str | None = None,
+    target: str | os.PathLike | Any | None = None,
     calib: str | os.PathLike | CalibrationSet | None = None,
     verify: bool = False,
     tolerance: Tolerance | None = None,
@@ -136,25 +129,34 @@ def compile(  # noqa: A001 — the public name users expect: homec.compile
     pass_limit: int | None = None,
     seed: int = 0,
     reproducer_dir: str | None = None,
+    measure: bool = False,
     on_pass_start: Callable[[int, str], None] | None = None,
     on_pass_end: Callable[[PassRecord], None] | None = None,
 ) -> CompileResult:
-    """Compile `model` with `schedule` (None: no passes) for `target`.
+    """Compile `model` with `schedule` (None: no passes) for `target` (a built-in name, a
+    .toml descriptor path or a homec.targets.descriptor.Target; None: no target backend).
+
+    With a target: its legalization passes run before and after the schedule, then placement,
+    the memory plan and the estimates; the result's report holds the manifest.
 
     Raises HomecError subclasses: UsageError/ScheduleError (2), InvalidModelError (3),
-    UnsupportedError (4), VerificationError (5, with `.report`), InternalPassError (70).
+    UnsupportedError (4: a node the target cannot run, no fallback), VerificationError (5),
+    ResourceLimitError (6: over the target's SRAM/flash budget), InternalPassError (70).
+    The errors raised after the passes ran (4 from placement, 5, 6) carry `.report`.
     """
     from homec.onnx_io import load
+    from homec.targets.descriptor import Target, load_target
     from homec.verify import compare_models, random_inputs
 
     t_start = time.perf_counter()
-    if target is not None and target not in BUILTIN_TARGETS:
-        raise UsageError(f"unknown target `{target}` (built-in targets: {', '.join(BUILTIN_TARGETS)})")
+    tgt = target if isinstance(target, Target) or target is None else load_target(target)
+    names = BUILTIN_TARGETS + ((tgt.name,) if tgt is not None else ())
     if schedule is not None:
-        sched, text, sched_path = load_schedule(schedule)
+        sched, text, sched_path = load_schedule(schedule, targets=names)
     else:
         sched, text, sched_path = Schedule(()), "", None
     calib_set = load_calibration(calib) if isinstance(calib, (str, os.PathLike)) else calib
+    shapes = {k: tuple(int(d) for d in v) for k, v in input_shapes.items()} if input_shapes else None
 
     model_path = os.fspath(model) if isinstance(model, (str, os.PathLike)) else None
     graph = model if isinstance(model, Graph) else load(model)
@@ -162,15 +164,38 @@ def compile(  # noqa: A001 — the public name users expect: homec.compile
         calib_set.check_inputs([v.name for v in graph.inputs if not v.is_initializer])
     original = graph.to_onnx()
     before = graph_figures(graph, input_shapes)
+    layers_before = layer_table(graph, input_shapes)
+    memory_steps = [{"step": 0, "pass": "(input)", "phase": "input", "nodes": len(graph),
+                     "peak_bytes": peak_bytes(graph, input_shapes)}]
+
+    def pass_ended(record: PassRecord) -> None:
+        memory_steps.append({"step": record.index, "pass": record.name, "phase": record.phase,
+                             "nodes": record.nodes_after,
+                             "peak_bytes": peak_bytes(graph, input_shapes) if record.modified
+                             else memory_steps[-1]["peak_bytes"]})
+        if on_pass_end is not None:
+            on_pass_end(record)
 
     feeds = _verification_feeds(original, calib_set, seed, input_shapes, random_inputs)
-    opts = RunOptions(target_name=target, target=None, calib=calib_set, verify_each=verify_each,
+    opts = RunOptions(target_name=tgt.name if tgt else None, target=tgt, calib=calib_set,
+                      input_shapes=shapes, verify_each=verify_each,
                       dump_dir=dump_dir, pass_limit=pass_limit, seed=seed,
                       verify_feeds=feeds if verify_each else (), reproducer_dir=reproducer_dir,
                       model_path=model_path, schedule_text=text, schedule_path=sched_path,
-                      on_pass_start=on_pass_start, on_pass_end=on_pass_end)
+                      on_pass_start=on_pass_start, on_pass_end=pass_ended)
     runner = PipelineRunner(graph, opts)
-    records = runner.run(sched)
+    warnings: list[str] = []
+    if tgt is not None:
+        from homec.targets import backend
+
+        runner.run(load_schedule(backend.legalization_before(tgt, graph, shapes), targets=names)[0],
+                   phase="legalize-before")
+        runner.run(sched)
+        post, post_warnings = backend.legalization_after(tgt, graph, has_calib=calib_set is not None)
+        warnings.extend(post_warnings)
+        records = runner.run(load_schedule(post, targets=names)[0], phase="legalize-after")
+    else:
+        records = runner.run(sched)
     graph.verify()
     out = graph.to_onnx()
     after = graph_figures(graph, input_shapes)
@@ -179,15 +204,36 @@ def compile(  # noqa: A001 — the public name users expect: homec.compile
         "schema_version": REPORT_SCHEMA_VERSION,
         "input": model_path,
         "schedule": sched_path,
-        "target": target,
+        "target": tgt.name if tgt else None,
         "passes": [r.as_dict() for r in records],
         "pass_invocations": runner.invocations,
         "stopped_by_pass_limit": runner.stopped_by_limit,
         "before": before,
         "after": after,
-        "warnings": runner.warnings,
+        "layers": {"before": layers_before, "after": layer_table(graph, input_shapes)},
+        "memory_over_schedule": memory_steps,
+        "warnings": warnings + runner.warnings,
         "verification": None,
+        "manifest": None,
     }
+    analysis = None
+    if tgt is not None:
+        from homec.targets import backend
+
+        analysis = backend.analyze(graph, tgt, shapes)
+        original_analysis = backend.analyze(load(original), tgt, shapes)
+        before["estimated_ms"] = original_analysis.estimate.as_dict()["total_ms"]
+        before["arena_bytes"] = original_analysis.memory.arena_bytes
+        after["estimated_ms"] = analysis.estimate.as_dict()["total_ms"]
+        after["arena_bytes"] = analysis.memory.arena_bytes
+        measured = None
+        if measure:
+            from homec.targets.estimate import measure_latency
+
+            measured = {"before": measure_latency(original, feeds),
+                        "after": measure_latency(out, feeds)}
+        report["manifest"] = backend.manifest(graph, tgt, analysis, model_file=None,
+                                              measured=measured)
     if verify:
         tol = tolerance if tolerance is not None else combined_tolerance(records)
         cmp = compare_models(original, out, feeds, tol)
@@ -202,7 +248,43 @@ def compile(  # noqa: A001 — the public name users expect: homec.compile
             err.report = report  # type: ignore[attr-defined]
             raise err
     report["seconds"] = time.perf_counter() - t_start
+    if analysis is not None:
+        from homec.errors import HomecError
+        from homec.targets import backend
+
+        try:
+            backend.check(analysis, tgt)
+        except HomecError as e:
+            e.report = report  # type: ignore[attr-defined]
+            raise
     return CompileResult(out, graph, report, records)
+
+
+def layer_table(graph: Graph, input_shapes: Mapping[str, Sequence[int]] | None) -> list[dict[str, Any]]:
+    """[{node, op, macs}] of the layers the cost analysis counts (macs None: unknown)."""
+    from homec.analysis.cost import layer_costs
+
+    return [{"node": c.node, "op": c.op_type, "macs": c.macs}
+            for c in layer_costs(graph, _safe_types(graph, input_shapes))]
+
+
+def peak_bytes(graph: Graph, input_shapes: Mapping[str, Sequence[int]] | None) -> int | None:
+    """Peak live activation bytes (the liveness lower bound; None when some size is unknown)."""
+    from homec.analysis.memory import peak_activation_memory
+
+    rep = peak_activation_memory(graph, _safe_types(graph, input_shapes))
+    return None if rep.is_lower_bound else rep.peak_bytes
+
+
+def _safe_types(graph: Graph, input_shapes):
+    from homec.analysis.shapes import infer_shapes
+
+    try:
+        return infer_shapes(graph, input_shapes, symbolic_fallback=False)
+    except UsageError:
+        raise
+    except Exception:  # shape inference failing must not fail a compile
+        return {}
 
 
 def _verification_feeds(model, calib_set, seed, input_shapes, random_inputs) -> list[dict]:

@@ -756,6 +756,18 @@ class Graph:
         self._inputs = list(inputs)
         self._input_set = set(inputs)
 
+    def set_type(self, value: Value, type: Type | None) -> None:
+        """Set `value`'s type so the emitted model records it: graph inputs and outputs carry
+        their types anyway; an intermediate value is also listed in value_info."""
+        if value.graph is not self:
+            raise IRError(f"set_type(): {value.name!r} is not defined in graph {self.name!r}")
+        value.type = type
+        for key in [k for k in self._declared if k[0] == "vi" and k[1] == value.name]:
+            del self._declared[key]  # a verbatim description would shadow the new type
+        if (type is not None and value.producer is not None and value.name
+                and not value.is_graph_output and value.name not in self._value_info_names):
+            self._value_info_names.append(value.name)
+
     def _define(self, value: Value | str, type: Type | None) -> Value:
         v = Value(value, type) if isinstance(value, str) else value
         if v.name and v.name in self._values and self._values[v.name] is not v:

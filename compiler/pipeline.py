@@ -49,6 +49,9 @@ class PassRecord:
     nodes_after: int
     verification: dict[str, Any] | None = None
     details: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # "schedule" for the user's passes; "legalize-before" / "legalize-after" for the ones the
+    # target runs around it
+    phase: str = "schedule"
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -59,6 +62,7 @@ class RunOptions:
     target_name: str | None = None
     target: Any | None = None
     calib: Any | None = None
+    input_shapes: dict[str, tuple[int, ...]] | None = None
     verify_each: bool = False
     dump_dir: str | None = None
     pass_limit: int | None = None
@@ -101,6 +105,7 @@ class PipelineRunner:
         self.warnings: list[str] = []
         self.invocations = 0
         self.stopped_by_limit = False
+        self.phase = "schedule"
         self._prev_model: onnx.ModelProto | None = None
         self._prev_checker_ok = True
         if options.verify_each:
@@ -108,7 +113,10 @@ class PipelineRunner:
             self._prev_checker_ok = _checker_ok(self._prev_model)
 
     # -- walking the schedule ---------------------------------------------------------------
-    def run(self, schedule: Schedule) -> list[PassRecord]:
+    def run(self, schedule: Schedule, *, phase: str = "schedule") -> list[PassRecord]:
+        """Run `schedule`; its records are tagged with `phase`. May be called again (the
+        target's legalization runs around the user's schedule); indices keep counting."""
+        self.phase = phase
         self._run_block(schedule.body)
         return self.records
 
@@ -153,7 +161,8 @@ class PipelineRunner:
         index = self.invocations
         options = info.bind(call.kwargs)
         ctx = PassContext(selector=call.selector or Selector(), target=self.opts.target,
-                          calib=self.opts.calib, seed=self.opts.seed)
+                          calib=self.opts.calib, seed=self.opts.seed,
+                          input_shapes=self.opts.input_shapes)
         if self.opts.on_pass_start:
             self.opts.on_pass_start(index, info.name)
         before_fp = _fingerprint(self._prev_model) if self._prev_model is not None else None
@@ -177,7 +186,8 @@ class PipelineRunner:
         self.warnings.extend(f"{info.name}: {w}" for w in ctx.warnings)
         record = PassRecord(index, info.name, {k: _jsonable(v) for k, v in options.items()},
                             _describe_selector(call.selector), seconds, dict(stats), modified,
-                            nodes_before, len(self.graph), details=dict(ctx.details))
+                            nodes_before, len(self.graph), details=dict(ctx.details),
+                            phase=self.phase)
         if self.opts.verify_each:
             record.verification = self._verify_after(info, record, before_fp)
         self.records.append(record)
