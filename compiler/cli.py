@@ -30,6 +30,8 @@ from collections.abc import Callable, Sequence
 
 from homec import __version__
 from homec.errors import ExitCode, HomecError, OutputError, UsageError
+from homec.report import write_json as _write_json
+from homec.report import write_report as _write_report
 
 PROG = "homec"
 OUTPUT_SUFFIX = ".homec.onnx"
@@ -305,6 +307,7 @@ def run_compile(args: argparse.Namespace) -> int:
         progress.close()
         report = getattr(e, "report", None)
         if report is not None:
+            report["error"] = {"exit_code": int(e.exit_code), "message": e.message}
             for path in args.report:
                 _write_report(report, path)
         raise
@@ -313,19 +316,19 @@ def run_compile(args: argparse.Namespace) -> int:
     report = result.report
     report["output"] = out_path
     report["files"] = {"input_bytes": _file_size(args.model), "output_bytes": _file_size(out_path)}
-    outputs = [out_path]
     if target is not None:
         manifest_path = args.manifest or default_manifest_path(out_path)
         manifest = dict(report["manifest"], model=os.path.basename(out_path))
         _write_json(manifest, manifest_path, what="manifest")
         report["manifest_path"] = manifest_path
-        outputs.append(manifest_path)
     for path in args.report:
         _write_report(report, path)
     if args.depfile:
         from homec.depfile import dependencies, write_depfile
 
-        write_depfile(args.depfile, outputs, dependencies(
+        # Only the model is the depfile's target: Ninja refuses a depfile naming an output
+        # its rule does not declare, and the manifest is written by the same step anyway.
+        write_depfile(args.depfile, [out_path], dependencies(
             model_path=args.model, schedule_path=args.schedule, target=target,
             calib_path=args.calib))
     if args.stats:
@@ -333,45 +336,6 @@ def run_compile(args: argparse.Namespace) -> int:
     if not args.quiet:
         print(format_summary(args.model, out_path, report))
     return int(ExitCode.OK)
-
-
-def _write_report(report: dict, path: str) -> None:
-    if path.lower().endswith(".json"):
-        _write_json(report, path, what="report")
-        return
-    from homec.report import write_report
-
-    write_report(report, path)
-
-
-def _write_json(data: dict, path: str, *, what: str) -> None:
-    """Atomically write `data` as sorted, indented JSON (byte-identical for equal data)."""
-    import tempfile
-
-    directory = os.path.dirname(os.path.abspath(path))
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".homec-{what}-", dir=directory)
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(data, f, indent=2, sort_keys=True, default=_json_default)
-                f.write("\n")
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
-    except OSError as e:
-        raise OutputError(f"cannot write the {what} ({e.strerror or e})", path=path) from None
-
-
-def _json_default(o):
-    import math
-
-    if isinstance(o, float) and not math.isfinite(o):
-        return str(o)
-    if hasattr(o, "item"):
-        return o.item()
-    return str(o)
 
 
 class _Progress:

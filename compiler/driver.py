@@ -202,6 +202,7 @@ def compile(  # noqa: A001 — the public name users expect: homec.compile
 
     report: dict[str, Any] = {
         "schema_version": REPORT_SCHEMA_VERSION,
+        "homec_version": _version(),
         "input": model_path,
         "schedule": sched_path,
         "target": tgt.name if tgt else None,
@@ -260,12 +261,41 @@ def compile(  # noqa: A001 — the public name users expect: homec.compile
     return CompileResult(out, graph, report, records)
 
 
+def _version() -> str:
+    from homec import __version__
+
+    return __version__
+
+
 def layer_table(graph: Graph, input_shapes: Mapping[str, Sequence[int]] | None) -> list[dict[str, Any]]:
-    """[{node, op, macs}] of the layers the cost analysis counts (macs None: unknown)."""
+    """[{node, op, macs, weight_dtype}] of the layers the cost analysis counts (macs None:
+    unknown; weight_dtype: the stored type of the largest constant input, seen through a
+    DequantizeLinear, or None)."""
     from homec.analysis.cost import layer_costs
 
-    return [{"node": c.node, "op": c.op_type, "macs": c.macs}
+    by_name = {n.name or next((o.name for o in n.outputs if o is not None), ""): n
+               for n in graph.nodes}
+    return [{"node": c.node, "op": c.op_type, "macs": c.macs,
+             "weight_dtype": _weight_dtype(by_name.get(c.node))}
             for c in layer_costs(graph, _safe_types(graph, input_shapes))]
+
+
+def _weight_dtype(node) -> str | None:
+    from homec.analysis.cost import is_constant
+    from homec.targets.device_view import value_dtype
+
+    if node is None:
+        return None
+    best, size = None, -1
+    for v in node.inputs:
+        if v is None or not is_constant(v):
+            continue
+        src = v.producer.inputs[0] if v.producer is not None and v.producer.op_type == "DequantizeLinear" else v
+        t = src.tensor_type() if src is not None else None
+        n = math.prod(d.value or 1 for d in t.shape) if t is not None and t.shape is not None else 0
+        if n > size:
+            best, size = value_dtype(src, {}), n
+    return best
 
 
 def peak_bytes(graph: Graph, input_shapes: Mapping[str, Sequence[int]] | None) -> int | None:

@@ -52,9 +52,9 @@ def legalization_after(target: Target, graph: Graph, *, has_calib: bool) -> tupl
     q = target.quantization
     if q.required and float_layers(graph):
         calibration = "data" if has_calib else "random"
-        if not has_calib:
-            warnings.append(f"target `{target.name}` runs int8 and the model is float: quantized "
-                            "with random calibration data; give --calib for accurate int8")
+        if not has_calib:  # quantize itself warns that random ranges are poor
+            warnings.append(f"target `{target.name}` runs int8: the float model was quantized "
+                            "(schedule `quantize` yourself to choose how)")
         weights = q.weights
         steps.append(f'quantize(calibration="{calibration}", weights="{weights}", '
                      f'per_channel={str(q.per_channel).lower()}, activations="{q.activations}")')
