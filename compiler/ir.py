@@ -71,7 +71,8 @@ class Dim:
 
     @property
     def is_static(self) -> bool:
-        return self.value is not None
+        # paddle2onnx writes dim_value -1 for a dynamic dim (PP-OCR cls): not a size
+        return self.value is not None and self.value >= 0
 
     def __str__(self) -> str:
         if self.value is not None:

@@ -44,11 +44,15 @@ def legalization_before(target: Target, graph: Graph, input_shapes: Mapping[str,
 
 
 def legalization_after(target: Target, graph: Graph, *, has_calib: bool) -> tuple[str, list[str]]:
-    """Schedule text run after the user's schedule, and warnings: int8 targets quantize a
-    float model with the target's rules (from --calib, else random calibration, warned);
-    QDQ is put in the form the target executes."""
+    """Schedule text run after the user's schedule, and warnings: accelerators get `cleanup`;
+    int8 targets quantize a float model with the target's rules (from --calib, else random
+    calibration, warned); QDQ is put in the form the target executes."""
     warnings: list[str] = []
     steps = []
+    if not target.all_ops:
+        # An accelerator runs inference graphs: batch norms folded, identities and dropouts
+        # gone, constant subgraphs folded (lossless; a no-op after the user's own cleanup).
+        steps.append("cleanup")
     q = target.quantization
     if q.required and float_layers(graph):
         calibration = "data" if has_calib else "random"
@@ -57,7 +61,8 @@ def legalization_after(target: Target, graph: Graph, *, has_calib: bool) -> tupl
                             "(schedule `quantize` yourself to choose how)")
         weights = q.weights
         steps.append(f'quantize(calibration="{calibration}", weights="{weights}", '
-                     f'per_channel={str(q.per_channel).lower()}, activations="{q.activations}")')
+                     f'per_channel={str(q.per_channel).lower()}, activations="{q.activations}", '
+                     'ops=["Conv", "ConvTranspose", "Gemm", "MatMul", "Add", "Mul"])')
     if has_qdq(graph) or steps:
         steps.append(f'fold_qdq(form="{q.form}")')
     return _schedule(steps), warnings

@@ -65,7 +65,7 @@ from homec.analysis.memory import tensor_bytes
 from homec.errors import UnsupportedError, UsageError
 from homec.ir import Graph, Node, SparseTensor, Tensor, TensorType, Value
 from homec.targets.descriptor import ComputeModel, Target
-from homec.targets.device_view import compute_dtype, device_bytes, fused_away
+from homec.targets.device_view import compute_dtype, device_bytes, fused_away, fused_into
 
 __all__ = ["Estimate", "LayerEstimate", "VIEW_OPS", "estimate", "measure_latency"]
 
@@ -153,7 +153,7 @@ def estimate(graph: Graph, types: Mapping[str, TensorType], target: Target,
     for node in nodes:
         device = device_of[id(node)]
         model = target.compute if device == target.device else (target.fallback_compute or target.compute)
-        layers.append(_layer(node, types, model, device, macs_of, const, qdq_fused))
+        layers.append(_layer(node, types, model, device, macs_of, const, qdq_fused, memo))
 
     transitions = _transitions(graph, nodes, device_of, const)
     transitions_ms = transitions * target.transition_us / 1e3
@@ -166,17 +166,17 @@ def estimate(graph: Graph, types: Mapping[str, TensorType], target: Target,
 
 
 def _layer(node: Node, types: Mapping[str, TensorType], model: ComputeModel, device: str,
-           macs_of: Mapping[str, int | None], const, qdq_fused: bool) -> LayerEstimate:
+           macs_of: Mapping[str, int | None], const, qdq_fused: bool, memo: dict) -> LayerEstimate:
     label = node_label(node)
-    dtype = compute_dtype(node, types)
-    if _is_free(node, const, qdq_fused):
+    dtype = compute_dtype(node, types, memo)
+    if _is_free(node, const, qdq_fused, memo):
         return LayerEstimate(label, node.op_type, device, dtype, 0, 0, 0.0, 0.0, "memory")
 
     unknown = node.domain != "" or bool(node.subgraphs())
     macs = macs_of.get(label, 0)
     if macs is None:
         macs, unknown = 0, True
-    nbytes, bytes_unknown = _bytes_moved(node, types, const, qdq_fused)
+    nbytes, bytes_unknown = _bytes_moved(node, types, const, qdq_fused, memo)
     unknown = unknown or bytes_unknown
 
     compute_cycles = macs / model.throughput(dtype)
@@ -188,23 +188,26 @@ def _layer(node: Node, types: Mapping[str, TensorType], model: ComputeModel, dev
                          cycles / model.clock_hz * 1e3, bound, unknown)
 
 
-def _is_free(node: Node, const, qdq_fused: bool) -> bool:
-    """Views, constant computations and fused Q/DQ glue cost nothing (module doc)."""
+def _is_free(node: Node, const, qdq_fused: bool, memo: dict) -> bool:
+    """Views, constant computations, fused Q/DQ glue and fused activations cost nothing
+    (module doc)."""
     if node.domain != "":
         return False
     if node.op_type in VIEW_OPS:
         return True
+    if qdq_fused and fused_into(node, memo) is not None:
+        return True  # runs inside its layer's kernel, which writes the quantized result
     outs = [o for o in node.outputs if o is not None and o.name]
     if outs and all(const(o) for o in outs):
         return True
     if qdq_fused and node.op_type in _QDQ:
         float_side = node.inputs[0] if node.op_type == "QuantizeLinear" else node.outputs[0]
-        return float_side is not None and fused_away(float_side, qdq_fused=True)
+        return float_side is not None and fused_away(float_side, qdq_fused=True, memo=memo)
     return False
 
 
 def _bytes_moved(node: Node, types: Mapping[str, TensorType], const,
-                 qdq_fused: bool) -> tuple[int, bool]:
+                 qdq_fused: bool, memo: dict) -> tuple[int, bool]:
     """(bytes read and written, whether some size was unknown) of a working node."""
     total, unknown = 0, False
     seen: set[int] = set()
@@ -216,15 +219,15 @@ def _bytes_moved(node: Node, types: Mapping[str, TensorType], const,
         if const(v):
             weights.append(v)
         else:
-            activations.extend(_device_tensors(v, qdq_fused, as_input=True))
+            activations.extend(_device_tensors(v, qdq_fused, memo, as_input=True))
     for v in node.outputs:
         if v is not None and v.name:
-            activations.extend(_device_tensors(v, qdq_fused, as_input=False))
+            activations.extend(_device_tensors(v, qdq_fused, memo, as_input=False))
     for v in activations:
         if id(v) in seen:
             continue
         seen.add(id(v))
-        n = device_bytes(v, types, qdq_fused=qdq_fused)
+        n = device_bytes(v, types, qdq_fused=qdq_fused, memo=memo)
         if n is None:
             unknown = True
         total += n or 0
@@ -239,16 +242,20 @@ def _bytes_moved(node: Node, types: Mapping[str, TensorType], const,
     return total, unknown
 
 
-def _device_tensors(v: Value, qdq_fused: bool, *, as_input: bool) -> list[Value]:
+def _device_tensors(v: Value, qdq_fused: bool, memo: dict, *, as_input: bool) -> list[Value]:
     """The tensors a kernel really touches for `v`: itself, or when it is a fused-away
-    float view, the integer tensor behind it (DQ input; Q outputs)."""
-    if not fused_away(v, qdq_fused=qdq_fused):
+    float view, the integer tensor behind it (DQ input; Q outputs, also those after a fused
+    activation)."""
+    if not fused_away(v, qdq_fused=qdq_fused, memo=memo):
         return [v]
     p = v.producer
     if as_input and p is not None and p.op_type == "DequantizeLinear" and p.domain == "":
         return [p.inputs[0]] if p.inputs and p.inputs[0] is not None else []
     if not as_input:
-        return [o for u in v.users if u.op_type == "QuantizeLinear" for o in u.outputs[:1]
+        users = v.users
+        if len(users) == 1 and fused_into(users[0], memo) is p:
+            users = [u for o in users[0].outputs if o is not None for u in o.users]
+        return [o for u in users if u.op_type == "QuantizeLinear" for o in u.outputs[:1]
                 if o is not None]
     return [v]
 

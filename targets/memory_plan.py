@@ -38,13 +38,13 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from homec.analysis.cost import _constant_weight_size, _tensor_size, count_params
-from homec.analysis.memory import _owner_steps
+from homec.analysis.cost import count_params, weight_tensors
+from homec.analysis.memory import owner_steps
 from homec.errors import ResourceLimitError, UsageError
 from homec.ir import Graph, Node, TensorType, Value
 
 from .descriptor import Target
-from .device_view import device_bytes, fused_away
+from .device_view import device_bytes, fused_away, fused_into
 from .placement import node_label
 
 __all__ = ["Buffer", "MemoryPlan", "check_budget", "format_bytes", "plan_memory"]
@@ -127,9 +127,10 @@ def plan_memory(graph: Graph, types: Mapping[str, TensorType], *, qdq_fused: boo
         raise ValueError("alignment must be >= 1")
     nodes = graph.nodes
     last = max(len(nodes) - 1, 0)
-    step_of = _owner_steps(nodes)
+    step_of = owner_steps(nodes)
     tensors: list[_Tensor] = []
     by_value: dict[int, _Tensor] = {}
+    memo: dict = {}  # device_view's cache for this graph
 
     def add(v: Value, start: int) -> None:
         if id(v) in by_value or v.is_initializer or not v.name:
@@ -139,7 +140,10 @@ def plan_memory(graph: Graph, types: Mapping[str, TensorType], *, qdq_fused: boo
             end = max(end, step_of.get(id(user), start))
         if v.is_graph_output:
             end = max(end, last)
-        t = _Tensor(v, device_bytes(v, types, qdq_fused=qdq_fused), start, end)
+        size = device_bytes(v, types, qdq_fused=qdq_fused, memo=memo)
+        if size is not None and size < 0:
+            size = None  # a dim of -1 (paddle's "dynamic") is taken for a static one upstream
+        t = _Tensor(v, size, start, end)
         t.group_end = end
         t.owned_by_caller = v.is_graph_input or v.is_graph_output
         tensors.append(t)
@@ -154,7 +158,7 @@ def plan_memory(graph: Graph, types: Mapping[str, TensorType], *, qdq_fused: boo
             if out is not None:
                 add(out, i)
     if qdq_fused:
-        _fuse_lifetimes(tensors, by_value)
+        _fuse_lifetimes(tensors, by_value, memo)
     if in_place:
         for i, node in enumerate(nodes):
             _alias(node, i, by_value, types)
@@ -181,20 +185,28 @@ def plan_memory(graph: Graph, types: Mapping[str, TensorType], *, qdq_fused: boo
     )
 
 
-def _fuse_lifetimes(tensors: list[_Tensor], by_value: Mapping[int, _Tensor]) -> None:
+def _fuse_lifetimes(tensors: list[_Tensor], by_value: Mapping[int, _Tensor], memo: dict) -> None:
     """A fused DQ -> op -> Q kernel reads the integer tensor and writes the integer result
     at the op's step: the integer input lives on while the fused-away float view of it is
-    read, and the integer output is live from the step its float source is produced."""
+    read, and the integer output is live from the step its float source is produced. With a
+    fused activation (DQ -> Conv -> Relu -> Q) the kernel spans both steps."""
     for t in tensors:
-        if t.bytes != 0 or not fused_away(t.value, qdq_fused=True):
+        if t.bytes != 0 or not fused_away(t.value, qdq_fused=True, memo=memo):
             continue
         p = t.value.producer
-        if p is not None and p.op_type == "DequantizeLinear" and p.domain == "":
-            src = by_value.get(id(p.inputs[0]))
+        dequantized = [p] if p is not None and p.op_type == "DequantizeLinear" and p.domain == "" else []
+        users = t.value.users
+        if p is not None and len(users) == 1 and fused_into(users[0], memo) is p:
+            # the layer's own dequantized inputs stay live through its fused activation
+            dequantized = [i.producer for i in p.inputs if i is not None and i.producer is not None
+                           and i.producer.op_type == "DequantizeLinear" and i.producer.domain == ""]
+            users = [u for o in users[0].outputs if o is not None for u in o.users]
+        for dq in dequantized:
+            src = by_value.get(id(dq.inputs[0]))
             if src is not None:
                 src.end = max(src.end, t.end)
                 src.group_end = src.end
-        for user in t.value.users:
+        for user in users:
             if user.op_type == "QuantizeLinear" and user.domain == "":
                 dst = by_value.get(id(user.outputs[0]))
                 if dst is not None:
@@ -290,19 +302,7 @@ def _top(items) -> tuple[tuple[str, int], ...]:
 
 def _weights(graph: Graph) -> tuple[tuple[str, int], ...]:
     """The largest weights (as count_params counts them), by stored bytes."""
-    sizes: list[tuple[str, int]] = []
-    graphs = [graph]
-    while graphs:
-        g = graphs.pop()
-        for name, v in g.initializers.items():
-            sizes.append((name, _tensor_size(v.const)[1]))
-        for node in g.nodes:
-            graphs.extend(node.subgraphs())
-            if node.op_type == "Constant" and node.domain == "":
-                nbytes = _constant_weight_size(node)[1]
-                if nbytes:
-                    sizes.append((node_label(node), nbytes))
-    return _top(sizes)
+    return _top((name, nbytes) for name, _, nbytes in weight_tensors(graph))
 
 
 def format_bytes(n: int) -> str:

@@ -43,7 +43,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from homec.analysis.cost import is_constant
-from homec.analysis.memory import _owner_steps
+from homec.analysis.memory import owner_steps
 from homec.errors import UnsupportedError
 from homec.ir import Graph, Node, TensorType
 
@@ -122,9 +122,10 @@ def node_label(node: Node) -> str:
 def place(graph: Graph, target: Target, types: Mapping[str, TensorType]) -> Placement:
     """Decide the device of every top-level node of `graph` (see module doc)."""
     nodes = [n for n in graph.nodes if not _is_constant_node(n)]
-    owner_step = _owner_steps(graph.nodes)
+    owner_step = owner_steps(graph.nodes)
     top = graph.nodes
     accel, fallback = target.device, target.fallback
+    facts = _Facts(types)
     device: dict[int, str | None] = {}
     reason: dict[int, str | None] = {}
 
@@ -135,7 +136,7 @@ def place(graph: Graph, target: Target, types: Mapping[str, TensorType]) -> Plac
         elif _is_glue(node):
             glue.append(node)
         else:
-            why = _why_not(node, target, types)
+            why = _why_not(node, target, facts)
             device[id(node)], reason[id(node)] = (accel, None) if why is None else (fallback, why)
 
     def users_of(node: Node) -> list[Node]:
@@ -171,7 +172,7 @@ def place(graph: Graph, target: Target, types: Mapping[str, TensorType]) -> Plac
                     continue
                 if _is_glue(n) and id(n) not in device:
                     inner = glue_side(n, visiting | {id(n)})
-                    on_accel = bool(inner and inner[0]) and _why_not(n, target, types) is None
+                    on_accel = bool(inner and inner[0]) and _why_not(n, target, facts) is None
                 else:
                     on_accel = device.get(id(n)) == accel
                 if on_accel:
@@ -183,7 +184,9 @@ def place(graph: Graph, target: Target, types: Mapping[str, TensorType]) -> Plac
 
     for node in glue:
         near_accel, neighbour = glue_side(node, {id(node)}) or (False, None)
-        why = _why_not(node, target, types)
+        why = _why_not(node, target, facts)
+        if why is not None and node.op_type == "DequantizeLinear" and node.inputs[0] is not None and is_constant(node.inputs[0], facts.memo):
+            why = None  # a constant's DQ (int32 bias, int8/int4 weight) is part of its consumer's kernel
         if why is None and (near_accel or fallback is None):
             device[id(node)], reason[id(node)] = accel, None
         elif why is None:
@@ -194,9 +197,9 @@ def place(graph: Graph, target: Target, types: Mapping[str, TensorType]) -> Plac
             device[id(node)], reason[id(node)] = fallback, why
 
     placed = tuple(NodePlacement(node_label(n), n.qualified_op, device[id(n)],
-                                 compute_dtype(n, types), reason[id(n)]) for n in nodes)
+                                 facts.dtype(n), reason[id(n)]) for n in nodes)
     return Placement(accel, fallback, placed, _partitions(placed),
-                     _transitions(nodes, device, owner_step, top))
+                     _transitions(nodes, device, owner_step, top, facts.memo))
 
 
 def _is_constant_node(node: Node) -> bool:
@@ -207,20 +210,44 @@ def _is_glue(node: Node) -> bool:
     return node.op_type in QDQ_OPS and node.domain == ""
 
 
-def _why_not(node: Node, target: Target, types: Mapping[str, TensorType]) -> str | None:
+class _Facts:
+    """What the checks read about nodes, computed once per placement: is_constant answers
+    are shared (each walks the producers above a value)."""
+
+    def __init__(self, types: Mapping[str, TensorType]):
+        self.types = types
+        self.memo: dict[int, bool] = {}
+        self._dtypes: dict[int, str | None] = {}
+
+    def dtype(self, node: Node) -> str | None:
+        if id(node) not in self._dtypes:
+            self._dtypes[id(node)] = compute_dtype(node, self.types, self.memo)
+        return self._dtypes[id(node)]
+
+    def stored_dtype(self, node: Node) -> str | None:
+        """The dtype of the node's first activation as the graph stores it: a float operator
+        between DequantizeLinear and QuantizeLinear may also run unfused, as a float kernel
+        with the glue as kernels of their own, where the accelerator has float kernels."""
+        acts = [v for v in node.inputs if v is not None and v.name and not is_constant(v, self.memo)]
+        first = acts[0] if acts else next((o for o in node.outputs if o is not None), None)
+        return value_dtype(first, self.types)
+
+
+def _why_not(node: Node, target: Target, facts: _Facts) -> str | None:
     """Why the accelerator cannot run `node` (None: it can)."""
+    types = facts.types
     if node.subgraphs():
         return "control flow"
     rule = target.rule(node)
     if rule is None:
         return "op not supported"
-    dtype = compute_dtype(node, types)
+    dtype = facts.dtype(node)
     allowed = rule.dtypes if rule.dtypes is not None else (
         _INTEGER_COMPUTE if target.quantization.required else None)
     if allowed is not None:
         if dtype is None:
             return "unknown dtype"
-        if dtype not in allowed and _stored_dtype(node, types) not in allowed:
+        if dtype not in allowed and facts.stored_dtype(node) not in allowed:
             return f"{dtype} compute (the {target.device} runs {'/'.join(allowed)})"
     violation = rule.attribute_violation(node) or _implicit_kernel_violation(node, rule, types)
     if violation is not None:
@@ -234,16 +261,6 @@ def _why_not(node: Node, target: Target, types: Mapping[str, TensorType]) -> str
     if rule.rank_max is not None:
         return _rank_violation(node, rule, types)
     return None
-
-
-def _stored_dtype(node: Node, types: Mapping[str, TensorType]) -> str | None:
-    """The dtype of the node's first activation as the graph stores it: a float operator
-    between DequantizeLinear and QuantizeLinear may also run unfused, as a float kernel with
-    the glue as kernels of their own, where the accelerator has float kernels for it."""
-    memo: dict[int, bool] = {}
-    acts = [v for v in node.inputs if v is not None and v.name and not is_constant(v, memo)]
-    return value_dtype(acts[0] if acts else next((o for o in node.outputs if o is not None), None),
-                       types)
 
 
 def _type_of(value, types: Mapping[str, TensorType]) -> TensorType | None:
@@ -314,10 +331,9 @@ def _partitions(placed: tuple[NodePlacement, ...]) -> tuple[Partition, ...]:
 
 
 def _transitions(nodes: list[Node], device: Mapping[int, str | None],
-                 owner_step: Mapping[int, int], top: list[Node]) -> int:
+                 owner_step: Mapping[int, int], top: list[Node], memo: dict[int, bool]) -> int:
     """Activation edges between nodes placed on different devices, each (tensor, consuming
     device) once."""
-    memo: dict[int, bool] = {}
     crossings: set[tuple[str, str]] = set()
     for node in nodes:
         src = device[id(node)]

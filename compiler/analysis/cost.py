@@ -28,7 +28,7 @@ from homec.dtypes import INT64
 from homec.ir import Graph, Node, SparseTensor, Tensor, TensorType, Value
 
 __all__ = ["LayerCost", "ParamStats", "CostReport", "layer_costs", "count_params", "analyze_cost",
-           "is_constant"]
+           "is_constant", "weight_tensors"]
 
 # op_type -> slot of the weight input (the data input is slot 0)
 _CONV_WEIGHT_SLOT = {"Conv": 1, "ConvInteger": 1, "QLinearConv": 3}
@@ -270,20 +270,26 @@ def count_params(graph: Graph) -> ParamStats:
     such as paddle2onnx store weights in Constant nodes, while int64 Constants are the
     shapes, axes and indices that torch exports write there (metadata, not weights).
     """
-    count = nbytes = tensors = 0
+    weights = weight_tensors(graph)
+    return ParamStats(sum(w[1] for w in weights), sum(w[2] for w in weights), len(weights))
+
+
+def weight_tensors(graph: Graph) -> list[tuple[str, int, int]]:
+    """(name, elements, bytes) of each weight count_params counts (a Constant node's weight
+    is named by its output)."""
+    out: list[tuple[str, int, int]] = []
     graphs = [graph]
     while graphs:
         g = graphs.pop()
-        for v in g.initializers.values():
-            c, b = _tensor_size(v.const)
-            count, nbytes, tensors = count + c, nbytes + b, tensors + 1
+        for name, v in g.initializers.items():
+            out.append((name, *_tensor_size(v.const)))
         for node in g.nodes:
             graphs.extend(node.subgraphs())
             if node.op_type == "Constant" and node.domain == "":
                 c, b = _constant_weight_size(node)
                 if c or b:
-                    count, nbytes, tensors = count + c, nbytes + b, tensors + 1
-    return ParamStats(count, nbytes, tensors)
+                    out.append((node.outputs[0].name, c, b))
+    return out
 
 
 def _tensor_size(t: Tensor | SparseTensor | None) -> tuple[int, int]:

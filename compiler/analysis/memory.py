@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from homec.dtypes import itemsize_bits
 from homec.ir import Graph, Node, TensorType, Value
 
-__all__ = ["LiveTensor", "MemoryReport", "peak_activation_memory", "tensor_bytes"]
+__all__ = ["LiveTensor", "MemoryReport", "owner_steps", "peak_activation_memory", "tensor_bytes"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,7 +65,7 @@ def peak_activation_memory(graph: Graph, types: Mapping[str, TensorType], *, top
     """Peak live activation bytes of `graph` in its `graph.nodes` order (see module doc)."""
     nodes = graph.nodes
     last = len(nodes) - 1
-    step_of = _owner_steps(nodes)
+    step_of = owner_steps(nodes)
     tensors: list[LiveTensor] = []
     seen: set[int] = set()
 
@@ -115,7 +115,7 @@ def _largest(tensors: list[LiveTensor], top: int) -> tuple[LiveTensor, ...]:
     return tuple(sorted(tensors, key=lambda t: (-(t.bytes or 0), t.name))[:top])
 
 
-def _owner_steps(nodes: list[Node]) -> dict[int, int]:
+def owner_steps(nodes: list[Node]) -> dict[int, int]:
     """id(node) -> schedule step, for top-level nodes and every node nested in their bodies."""
     out: dict[int, int] = {}
     for i, node in enumerate(nodes):

@@ -365,9 +365,6 @@ def test_renders_in_headless_chromium(compiled, tmp_path):
     assert (np.abs(rgb - after).sum(axis=-1) == 0).sum() > 500
 
 
-@pytest.mark.xfail(strict=True, raises=homec.errors.UnsupportedError,
-                   reason="placement puts a Conv's int32 bias DequantizeLinear on the fallback (it is part of "
-                          "the fused int8 kernel): mcu, without a fallback, refuses every quantized Conv with a bias")
 def test_mcu_runs_quantized_convs_with_bias():
     report = homec.compile(KWS, "schedule { cleanup }", target="mcu").report
     assert report["manifest"]["placement"]["unsupported"] == []
