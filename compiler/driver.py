@@ -16,7 +16,7 @@ from typing import Any
 import onnx
 
 from homec.calib import CalibrationSet, load_calibration
-from homec.errors import UsageError, VerificationError
+from homec.errors import HomecError, UsageError, VerificationError
 from homec.ir import Graph
 from homec.pipeline import PassRecord, PipelineRunner, RunOptions
 from homec.registry import REGISTRY, Tolerance
@@ -227,14 +227,19 @@ def compile(  # noqa: A001 — the public name users expect: homec.compile
         before["arena_bytes"] = original_analysis.memory.arena_bytes
         after["estimated_ms"] = analysis.estimate.as_dict()["total_ms"]
         after["arena_bytes"] = analysis.memory.arena_bytes
-        measured = None
+        report["manifest"] = backend.manifest(graph, tgt, analysis, model_file=None,
+                                              measured=None)
+        try:  # a model the device cannot run or hold fails before its outputs are compared
+            backend.check(analysis, tgt)
+        except HomecError as e:
+            report["seconds"] = time.perf_counter() - t_start
+            e.report = report  # type: ignore[attr-defined]
+            raise
         if measure:
             from homec.targets.estimate import measure_latency
 
-            measured = {"before": measure_latency(original, feeds),
-                        "after": measure_latency(out, feeds)}
-        report["manifest"] = backend.manifest(graph, tgt, analysis, model_file=None,
-                                              measured=measured)
+            report["manifest"]["measured"] = {"before": measure_latency(original, feeds),
+                                              "after": measure_latency(out, feeds)}
     if verify:
         tol = tolerance if tolerance is not None else combined_tolerance(records)
         cmp = compare_models(original, out, feeds, tol)
@@ -249,15 +254,6 @@ def compile(  # noqa: A001 — the public name users expect: homec.compile
             err.report = report  # type: ignore[attr-defined]
             raise err
     report["seconds"] = time.perf_counter() - t_start
-    if analysis is not None:
-        from homec.errors import HomecError
-        from homec.targets import backend
-
-        try:
-            backend.check(analysis, tgt)
-        except HomecError as e:
-            e.report = report  # type: ignore[attr-defined]
-            raise
     return CompileResult(out, graph, report, records)
 
 

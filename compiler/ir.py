@@ -362,6 +362,16 @@ class Value:
         return self.graph is not None and self in self.graph._input_set
 
     @property
+    def is_overridable(self) -> bool:
+        """An initializer a caller may override by feeding it: listed as a graph input in a
+        model of IR version 4 or later (before IR 4 every initializer had to be listed, so
+        the listing made none of them overridable)."""
+        if self.const is None or not self.is_graph_input:
+            return False
+        model = self.graph.root.model if self.graph is not None else None
+        return model is None or model.ir_version >= 4
+
+    @property
     def is_graph_output(self) -> bool:
         """An output of its graph, or of a nested graph returning it (an If branch
         returning an outer value)."""

@@ -56,7 +56,7 @@ def is_const(v: Value | None) -> bool:
     """True for an initializer whose value cannot be overridden by a caller."""
     if v is None or not isinstance(v.const, Tensor):
         return False
-    return not v.is_graph_input or ir_version(v.graph) < 4
+    return not v.is_overridable
 
 
 def const_of(v: Value | None) -> np.ndarray | None:

@@ -86,11 +86,11 @@ def _frozen_type(v: Value, declared: TensorType | None, shape: tuple[int, ...]) 
                          f"rank {len(shape)}")
     dims: list[Dim] = []
     for i, (d, n) in enumerate(zip(declared.shape, shape)):
-        if d.value is not None and d.value != n:
+        if d.is_static and d.value != n:
             raise UsageError(f"input `{name}` is {format_shape(declared)} in the model; the "
                              f"given shape {wanted} differs in dim {i} ({n} != {d.value})")
-        dims.append(d if d.value is not None else Dim(value=n, denotation=d.denotation))
-    made_static = sum(1 for d in declared.shape if d.value is None)
+        dims.append(d if d.is_static else Dim(value=n, denotation=d.denotation))
+    made_static = sum(1 for d in declared.shape if not d.is_static)
     return TensorType(declared.elem_type, tuple(dims), declared.denotation, declared.sparse), made_static
 
 
@@ -101,14 +101,14 @@ def _is_static(t: TensorType | None) -> bool:
 def _dynamic_text(t: TensorType | None) -> str:
     if t is None or t.shape is None:
         return "an unknown rank"
-    names = [d.param or "?" for d in t.shape if d.value is None]
+    names = [d.param or "?" for d in t.shape if not d.is_static]
     return f"dynamic dims ({', '.join(names)})"
 
 
 def _static_count(t: TensorType | None) -> int:
     if t is None or t.shape is None:
         return -1
-    return sum(1 for d in t.shape if d.value is not None)
+    return sum(1 for d in t.shape if d.is_static)
 
 
 def _stamp_inferred_types(graph: Graph) -> int:

@@ -49,6 +49,8 @@ def legalization_after(target: Target, graph: Graph, *, has_calib: bool) -> tupl
     calibration, warned); QDQ is put in the form the target executes."""
     warnings: list[str] = []
     steps = []
+    if not target.all_ops or target.decompose:
+        steps.append("decompose")  # again: the schedule may have fused what was decomposed
     if not target.all_ops:
         # An accelerator runs inference graphs: batch norms folded, identities and dropouts
         # gone, constant subgraphs folded (lossless; a no-op after the user's own cleanup).
@@ -154,7 +156,7 @@ def io_quantization(graph: Graph) -> dict[str, list[dict[str, Any]]]:
         t = v.tensor_type()
         if t is None or t.shape is None:
             return None
-        return [d.value if d.value is not None else (d.param or None) for d in t.shape]
+        return [d.value if d.is_static else (d.param or None) for d in t.shape]
 
     def params(node: Node | None) -> dict[str, Any] | None:
         if node is None:

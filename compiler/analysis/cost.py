@@ -238,7 +238,7 @@ def is_constant(value: Value, memo: dict[int, bool] | None = None) -> bool:
             stack.pop()
             continue
         if v.is_initializer:
-            memo[key] = not v.is_graph_input  # an overridable default is not a constant
+            memo[key] = not v.is_overridable  # an overridable default is not a constant
         elif v.producer is None:
             memo[key] = False
         else:

@@ -132,7 +132,7 @@ def _validate_input_shapes(graph: Graph, shapes: dict[str, Sequence[int]]) -> di
                                  f"{len(declared.shape)} {format_shape(declared)}, but "
                                  f"{len(dims)} dims were given")
             for i, (d, n) in enumerate(zip(declared.shape, dims)):
-                if d.value is not None and d.value != n:
+                if d.is_static and d.value != n:  # paddle2onnx's -1 is a dynamic dim
                     raise UsageError(f"--input-shape: input {name!r} dim {i} is fixed to "
                                      f"{d.value} by the model {format_shape(declared)}, got {n}")
         out[name] = dims
@@ -140,8 +140,9 @@ def _validate_input_shapes(graph: Graph, shapes: dict[str, Sequence[int]]) -> di
 
 
 def _dim_rank(d: Dim) -> int:
-    """How much a dim tells: 2 static, 1 a meaningful name or expression, 0 nothing."""
-    if d.value is not None:
+    """How much a dim tells: 2 static, 1 a meaningful name or expression, 0 nothing (a -1
+    written by paddle2onnx tells nothing)."""
+    if d.is_static:
         return 2
     if d.param and not _INVENTED.search(d.param):
         return 1
@@ -182,6 +183,12 @@ def _run_inference(graph: Graph, pinned: Mapping[str, tuple[int, ...]],
 
     # Large float weights as typed inputs: inference needs their shapes, not their bytes.
     model = graph_to_model(graph, weights_as_inputs_over=4096)
+    # paddle2onnx's dim_value -1 means "dynamic": left in, ONNX inference stops at the first
+    # node whose inferred dim (1) contradicts it
+    for vi in (*model.graph.input, *model.graph.output, *model.graph.value_info):
+        for d in vi.type.tensor_type.shape.dim:
+            if d.HasField("dim_value") and d.dim_value < 0:
+                d.Clear()
     for inp in model.graph.input:
         if inp.name in pinned:
             shape = inp.type.tensor_type.shape

@@ -171,9 +171,10 @@ def build_plan(graph: Graph, types, *, ops: Collection[str], selected: Callable[
     plan = Plan(layers, source, weight_qtype, activation_qtype, per_channel, weight_symmetric,
                 activation_symmetric, reduce_range, skipped)
     if not weights_only:
+        layer_ids = {id(la.node) for la in layers}
         for name in source:
             v = graph.value(name)
-            ab = _scalar_affine(v, types) if v is not None else None
+            ab = _scalar_affine(v, types, layer_ids) if v is not None else None
             if ab is not None:
                 plan.affine[name] = ab
     return plan
@@ -186,18 +187,24 @@ def _scalar(v: Value | None) -> float | None:
     return float(arr.reshape(()))
 
 
-def _scalar_affine(y: Value, types) -> tuple[float, float] | None:
+def _scalar_affine(y: Value, types, layer_ids: set[int] = frozenset()) -> tuple[float, float] | None:
     """(a, b) when y = Add(Mul(h, a), b) with float32 scalar constants, a > 0, the Mul read
     only by the Add, h of the same shape as y (PP-LCNetV3's learnable affine blocks after
-    each activation). Quantizing y then needs neither node: see `affine_qparams`."""
+    each activation). Quantizing y then needs neither node: see `affine_qparams`. Not when
+    the Add or the Mul is itself a quantized layer (`layer_ids`: its own Q/DQ then sits
+    between them)."""
     add = y.producer
     if add is None or add.op_type != "Add" or add.domain != "" or len(add.inputs) != 2:
+        return None
+    if id(add) in layer_ids:
         return None
     for slot in (0, 1):
         b = _scalar(add.inputs[1 - slot])
         m = add.inputs[slot]
         mul = m.producer if m is not None else None
         if b is None or mul is None or mul.op_type != "Mul" or mul.domain != "" or len(mul.inputs) != 2:
+            continue
+        if id(mul) in layer_ids:
             continue
         if len(m.uses) != 1 or m.is_graph_output:
             continue

@@ -129,15 +129,19 @@ def test_kernel_too_large_falls_back_with_the_attribute(explicit):
 
 
 def test_grouped_and_depthwise_conv():
-    """npu-int8 runs regular and depthwise convolutions, not grouped ones."""
+    """npu-int8 runs every grouping; a target without "grouped" names the grouped conv."""
     model = build([conv("dw", "x", "a", 8, 8, 3, group=8), conv("gc", "a", "b", 8, 8, 3, group=4),
                    conv("pw", "b", "y", 8, 8, 1)], [1, 8, 8, 8], "y", [1, 8, 8, 8])
     nodes = by_node(placed(quantized(model), "npu-int8"))
+    assert all((nodes[n].device, nodes[n].reason) == ("npu", None) for n in ("dw", "gc", "pw"))
+    npu = load_target("npu-int8")
+    no_grouped = dataclasses.replace(npu, ops={**npu.ops, "Conv": dataclasses.replace(
+        npu.ops["Conv"], groups=("regular", "depthwise"))})
+    g = quantized(model)
+    nodes = by_node(place(g, no_grouped, infer_shapes(g)))
     assert (nodes["dw"].device, nodes["dw"].reason) == ("npu", None)
     assert (nodes["gc"].device, nodes["gc"].reason) == ("cpu", "grouped conv (group=4)")
-    assert (nodes["pw"].device, nodes["pw"].reason) == ("npu", None)
     # a target allowing only regular convolutions names the depthwise one
-    npu = load_target("npu-int8")
     rule = dataclasses.replace(npu.ops["Conv"], groups=("regular",))
     strict = dataclasses.replace(npu, ops={**npu.ops, "Conv": rule})
     g = quantized(model)
