@@ -31,12 +31,10 @@ in an output (it would make a pattern rule). A name with `%` gets no empty rule.
 from __future__ import annotations
 
 import os
-import secrets
 import tomllib
 
-import onnx
-
-from homec.errors import OutputError, UsageError
+from homec.errors import UsageError
+from homec.onnx_io import external_data_files
 
 __all__ = ["dependencies", "format_depfile", "write_depfile"]
 
@@ -49,7 +47,7 @@ def dependencies(*, model_path: str | os.PathLike, schedule_path: str | os.PathL
     as a string (a built-in name, or a file path kept as given), or None.
     """
     model = os.fspath(model_path)
-    deps = {model, *_external_data_files(model)}
+    deps = {model, *external_data_files(model)}
     if schedule_path is not None:
         deps.update(_schedule_files(os.fspath(schedule_path)))
     if target is not None:
@@ -57,24 +55,6 @@ def dependencies(*, model_path: str | os.PathLike, schedule_path: str | os.PathL
     if calib_path is not None:
         deps.update(_calibration_files(os.fspath(calib_path)))
     return sorted({os.path.normpath(p) for p in deps})
-
-
-def _external_data_files(model_path: str) -> set[str]:
-    # The loader's own reading and tensor walk (functions and subgraphs included); the
-    # compile already checked that each location is a safe file inside the model's folder.
-    from homec.onnx_io import _all_tensors, _parse, _read_model_file
-
-    model = _parse(_read_model_file(model_path), model_path)
-    folder = os.path.dirname(model_path)
-    files = set()
-    for t in _all_tensors(model):
-        if t.data_location != onnx.TensorProto.EXTERNAL:
-            continue
-        location = next((e.value for e in t.external_data if e.key == "location"), "")
-        parts = [p for p in location.replace("\\", "/").split("/") if p not in ("", ".")]
-        if parts:
-            files.add(os.path.join(folder, *parts))
-    return files
 
 
 def _schedule_files(schedule_path: str) -> list[str]:
@@ -164,22 +144,8 @@ def format_depfile(outputs: list[str], deps: list[str]) -> str:
 
 def write_depfile(path: str | os.PathLike, outputs: list[str], deps: list[str]) -> None:
     """Write the depfile atomically: make never reads half of one (a temporary file in the
-    same folder, renamed into place)."""
-    path = os.fspath(path)
+    same folder, renamed into place; see homec.report.write_text)."""
+    from homec.report import write_text
+
     text = format_depfile(outputs, deps)  # a UsageError here leaves any old file alone
-    folder = os.path.dirname(os.path.abspath(path))
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.{secrets.token_hex(6)}.tmp")
-    try:
-        # os.open with 0o666 so the file gets the usual umask permissions (mkstemp gives 0600).
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8", errors="surrogateescape",
-                           newline="\n") as f:
-                f.write(text)
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.lexists(tmp):
-                os.unlink(tmp)
-            raise
-    except OSError as e:
-        raise OutputError(f"cannot write the depfile ({e.strerror or e})", path=path) from None
+    write_text(text, path, what="depfile")

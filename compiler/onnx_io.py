@@ -138,6 +138,23 @@ def _parse(data: bytes, label: str) -> onnx.ModelProto:
 # -- external data ---------------------------------------------------------------------
 
 
+def external_data_files(model_path: str) -> list[str]:
+    """The external data files a model file refers to (every tensor, functions and subgraphs
+    included), joined to the model's folder, sorted; for build tools' dependency lists. A
+    compile has already checked that each is a safe file inside that folder."""
+    model = _parse(_read_model_file(model_path), model_path)
+    folder = os.path.dirname(model_path)
+    files = set()
+    for t in _all_tensors(model):
+        if t.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        location = next((e.value for e in t.external_data if e.key == "location"), "")
+        parts = [p for p in location.replace("\\", "/").split("/") if p not in ("", ".")]
+        if parts:
+            files.add(os.path.join(folder, *parts))
+    return sorted(files)
+
+
 def _all_tensors(model: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
     def in_graph(g: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
         yield from g.initializer

@@ -83,7 +83,8 @@ def write_text(text: str, path: str | os.PathLike, *, what: str) -> None:
         # permissions (mkstemp's 0600 would survive the rename).
         tmp_dir = tempfile.mkdtemp(prefix=f".homec-{what}-", dir=directory)
         tmp = os.path.join(tmp_dir, os.path.basename(path))
-        with open(tmp, "w", encoding="utf-8", newline="\n") as f:
+        # surrogateescape: a depfile names files whose names are not valid UTF-8 byte for byte
+        with open(tmp, "w", encoding="utf-8", errors="surrogateescape", newline="\n") as f:
             f.write(text)
         os.replace(tmp, path)
     except OSError as e:

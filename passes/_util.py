@@ -160,10 +160,15 @@ def replace_value(old: Value, new: Value, names: Names, *, keep_name: bool = Fal
         name = old.name
         g.rename_value(old, names.fresh(name))
         g.rename_value(new, name)
-        if new.type is None and old.type is not None:
-            new.type = old.type
+        if old.type is not None and (new.type is None or _shape_known(old) and not _shape_known(new)):
+            new.type = old.type  # the output keeps the shape it declared
     replace_uses(old, new)
     return True
+
+
+def _shape_known(v: Value) -> bool:
+    t = v.tensor_type()
+    return t is not None and t.shape is not None
 
 
 def constant_in_place(old: Value, data: Tensor | SparseTensor | np.ndarray, names: Names) -> Value:

@@ -62,7 +62,7 @@ def legalization_after(target: Target, graph: Graph, *, has_calib: bool) -> tupl
             warnings.append(f"target `{target.name}` runs int8: the float model was quantized "
                             "(schedule `quantize` yourself to choose how)")
         weights = q.weights
-        steps.append(f'quantize(calibration="{calibration}", weights="{weights}", '
+        steps.append(f'quantize(calibration="{calibration}", method="mse", weights="{weights}", '
                      f'per_channel={str(q.per_channel).lower()}, activations="{q.activations}", '
                      'ops=["Conv", "ConvTranspose", "Gemm", "MatMul", "Add", "Mul"])')
     if has_qdq(graph) or steps:
