@@ -17,17 +17,18 @@ from homec.registry import Stats, Tolerance, register_pass
 from ._util import (Names, Types, add_constant, all_graphs, can_add_constant, const_of,
                     constant_node_data, opset, remove_constant, replace_value)
 
-Op = Literal["HardSwish", "HardSigmoid", "Gelu", "LayerNormalization", "Relu6"]
-DECOMPOSABLE: tuple[str, ...] = ("HardSwish", "HardSigmoid", "Gelu", "LayerNormalization", "Relu6")
+Op = Literal["HardSwish", "HardSigmoid", "Gelu", "LayerNormalization", "Relu6", "Sum"]
+DECOMPOSABLE: tuple[str, ...] = ("HardSwish", "HardSigmoid", "Gelu", "LayerNormalization", "Relu6",
+                                 "Sum")
 
 # Statistic name of each decomposition: a count of rewritten anchors.
 DONE = {"HardSwish": "hardswish_decomposed", "HardSigmoid": "hardsigmoid_decomposed",
         "Gelu": "gelu_decomposed", "LayerNormalization": "layernorm_decomposed",
-        "Relu6": "relu6_to_clip"}
+        "Relu6": "relu6_to_clip", "Sum": "sum_to_add"}
 # Informational suffix of each op: kept_<x> (the target lacks a replacement op),
 # refused_<x>_<reason> (the node cannot be decomposed faithfully).
 SHORT = {"HardSwish": "hardswish", "HardSigmoid": "hardsigmoid", "Gelu": "gelu",
-         "LayerNormalization": "layernorm", "Relu6": "relu6"}
+         "LayerNormalization": "layernorm", "Relu6": "relu6", "Sum": "sum"}
 
 CLIP_INPUT_BOUNDS_OPSET = 11  # Clip-11 moved min/max from attributes to inputs
 REDUCE_AXES_INPUT_OPSET = 18  # ReduceMean-18 moved axes from an attribute to an input
@@ -41,7 +42,7 @@ TOLERANCE = Tolerance(atol=1e-5, rtol=1e-5)
 @register_pass("decompose", tolerance=TOLERANCE)
 def decompose(graph: Graph, ctx: PassContext, *,
               ops: list[Op] = ()) -> Stats:
-    """Rewrite HardSwish, HardSigmoid, Gelu, LayerNormalization and ReLU6 into primitives.
+    """Rewrite HardSwish, HardSigmoid, Gelu, LayerNormalization, ReLU6 and Sum into primitives.
 
     Algebra (every constant in the input's dtype):
       HardSwish(x) = x * HardSigmoid(x; alpha=1/6, beta=1/2)
@@ -63,6 +64,9 @@ def decompose(graph: Graph, ctx: PassContext, *,
         Constants must be scalars or [1]-shaped (then x must have a known rank >= 1, else
         broadcasting would change the shape) and the inner value read by the outer node
         only.
+      Sum(x1, ..., xn) = Add(...Add(Add(x1, x2), x3)..., xn)   (n >= 2; both broadcast the
+        same way, and the left fold adds in Sum's order; ResNet exports write residual adds
+        as Sum)
     These are exact in real arithmetic; in float they round once per primitive, hence a
     tolerance of atol = rtol = 1e-5 (of the output's scale). Only float16/float32/float64
     inputs are rewritten (refused_<op>_dtype otherwise or when the type is unknown).
@@ -78,10 +82,11 @@ def decompose(graph: Graph, ctx: PassContext, *,
 
     Options:
       ops: the operators to decompose (HardSwish, HardSigmoid, Gelu, LayerNormalization,
-        Relu6); empty: what the target needs.
+        Relu6, Sum); empty: what the target needs.
 
     Statistics: hardswish_decomposed, hardsigmoid_decomposed, gelu_decomposed,
-    layernorm_decomposed, relu6_to_clip; informational kept_<op>, refused_<op>_<reason>.
+    layernorm_decomposed, relu6_to_clip, sum_to_add; informational kept_<op>,
+    refused_<op>_<reason>.
     """
     st: Stats = {v: 0 for v in DONE.values()}
     for op in DECOMPOSABLE:
@@ -166,7 +171,7 @@ class _Run:
 
     def graph(self, g: Graph) -> None:
         handlers = {"HardSwish": self.hardswish, "HardSigmoid": self.hardsigmoid,
-                    "Gelu": self.gelu, "LayerNormalization": self.layernorm}
+                    "Gelu": self.gelu, "LayerNormalization": self.layernorm, "Sum": self.sum}
         for node in g.nodes:
             if node.graph is not g or node.domain != "" or not self.ctx.selected(node):
                 continue  # removed by an earlier rewrite, or not ours to touch
@@ -247,6 +252,20 @@ class _Run:
         scaled = b.op("Mul", [x, b.const(alpha, "alpha")], "scaled")
         shifted = b.op("Add", [scaled, b.const(beta, "beta")], "shifted")
         return b.clip(shifted, 0.0, 1.0, "gate")
+
+    # -- Sum ----------------------------------------------------------------------------------
+    def sum(self, g: Graph, node: Node) -> None:
+        terms = [v for v in node.inputs if v is not None]
+        if len(terms) < 2:
+            return  # a one-input Sum is an identity: cleanup's business
+        elem = self.float_type(node, "Sum")
+        if elem is None or not self.feasible(node, "Sum", {"Add"}):
+            return
+        b = _Emit(self, g, node, elem)
+        acc = terms[0]
+        for k, v in enumerate(terms[1:], start=1):
+            acc = b.op("Add", [acc, v], f"add{k}")
+        self.finish(g, node, acc, [node], "Sum")
 
     # -- Gelu ---------------------------------------------------------------------------------
     def gelu(self, g: Graph, node: Node) -> None:

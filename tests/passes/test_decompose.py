@@ -611,3 +611,46 @@ def test_transformer_block(h, target):
         assert not {"Gelu", "LayerNormalization"} & set(_ops(res))
         rm = [n for n in res.graph.nodes if n.op_type == "ReduceMean"]
         assert len(rm) == 4 and all(list(n.input_const(1)) == [-1] for n in rm)
+
+
+# ---------------------------------------------------------------------------------------
+# Sum
+# ---------------------------------------------------------------------------------------
+
+
+def _sum_model(shapes):
+    from onnx import TensorProto, helper
+
+    names = [f"x{i}" for i in range(len(shapes))]
+    g = helper.make_graph([helper.make_node("Sum", names, ["y"], name="sum")], "g",
+                          [helper.make_tensor_value_info(n, TensorProto.FLOAT, s)
+                           for n, s in zip(names, shapes)],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize("shapes", [[[2, 3]] * 2, [[2, 3], [3], [1, 3]], [[4, 1, 5], [1, 6, 1], [5], [4, 6, 5]]])
+def test_sum_becomes_a_chain_of_adds(shapes):
+    """Sum(x1..xn) = left fold of Adds, with the same broadcasting; exact for two terms and
+    within rounding for more (bitwise equal here: onnxruntime folds left too)."""
+    import onnxruntime as ort
+
+    m = _sum_model(shapes)
+    res = homec.compile(m, "schedule { decompose(ops=[\"Sum\"]) }")
+    assert res.records[0].stats["sum_to_add"] == 1
+    assert [n.op_type for n in res.model.graph.node] == ["Add"] * (len(shapes) - 1)
+    rng = np.random.default_rng(0)
+    feeds = {f"x{i}": rng.standard_normal(s).astype(np.float32) for i, s in enumerate(shapes)}
+    ref = ort.InferenceSession(m.SerializeToString()).run(None, feeds)[0]
+    got = ort.InferenceSession(res.model.SerializeToString()).run(None, feeds)[0]
+    assert got.shape == ref.shape
+    np.testing.assert_allclose(got, ref, rtol=1e-6, atol=1e-6)
+
+
+def test_targets_without_sum_get_adds():
+    """npu-int8 and mcu have Add but no Sum (ResNet exports write residual adds as Sum)."""
+    for name in ("npu-int8", "mcu"):
+        res = homec.compile(_sum_model([[1, 4, 2, 2]] * 3), None, target=name,
+                            input_shapes={"x0": (1, 4, 2, 2)})
+        ops = {n["op"] for n in res.report["manifest"]["placement"]["nodes"]}
+        assert "Sum" not in ops and "Add" in ops
