@@ -44,11 +44,16 @@ def legalization_before(target: Target, graph: Graph, input_shapes: Mapping[str,
 
 
 def legalization_after(target: Target, graph: Graph, *, has_calib: bool) -> tuple[str, list[str]]:
-    """Schedule text run after the user's schedule, and warnings: accelerators get `cleanup`;
+    """Schedule text run after the user's schedule, and warnings: accelerators get
+    `fuse_activations`, `decompose` and `cleanup`;
     int8 targets quantize a float model with the target's rules (from --calib, else random
     calibration, warned); QDQ is put in the form the target executes."""
     warnings: list[str] = []
     steps = []
+    if not target.all_ops:
+        # exporters spell HardSwish/HardSigmoid as Add/Clip/Div/Mul; an accelerator runs
+        # the fused op (or gets it decomposed next into what it has), not a float Div
+        steps.append("fuse_activations")
     if not target.all_ops or target.decompose:
         steps.append("decompose")  # again: the schedule may have fused what was decomposed
     if not target.all_ops:
