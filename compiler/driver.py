@@ -269,8 +269,9 @@ def layer_table(graph: Graph, input_shapes: Mapping[str, Sequence[int]] | None) 
     DequantizeLinear, or None)."""
     from homec.analysis.cost import layer_costs
 
-    by_name = {n.name or next((o.name for o in n.outputs if o is not None), ""): n
-               for n in graph.nodes}
+    from homec.targets.device_view import node_label
+
+    by_name = {node_label(n): n for n in graph.nodes}
     return [{"node": c.node, "op": c.op_type, "macs": c.macs,
              "weight_dtype": _weight_dtype(by_name.get(c.node))}
             for c in layer_costs(graph, _safe_types(graph, input_shapes))]

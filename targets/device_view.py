@@ -26,11 +26,14 @@ from homec.analysis.memory import tensor_bytes
 from homec.dtypes import numpy_dtype_of
 from homec.ir import Node, TensorType, Value
 
-__all__ = ["FUSIBLE_ACTIVATIONS", "QDQ_OPS", "SCALE_PRESERVING_OPS", "compute_dtype",
-           "device_bytes", "dtype_str", "fused_away", "fused_into", "quantized_source",
+__all__ = ["FUSIBLE_ACTIVATIONS", "QDQ_OPS", "SCALE_PRESERVING_OPS", "VIEW_OPS", "compute_dtype",
+           "device_bytes", "dtype_str", "fused_away", "fused_into", "node_label", "quantized_source",
            "value_dtype"]
 
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
+# Operators that never write: their output is their input read another way (the memory plan
+# aliases them, the estimate prices them at 0).
+VIEW_OPS = ("Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity")
 # Operators whose int8 output keeps its input's quantization (scale and zero point): on a QDQ
 # device they run on the integer tensor directly.
 SCALE_PRESERVING_OPS = frozenset({
@@ -62,6 +65,12 @@ def dtype_str(elem_type: int) -> str:
         return numpy_dtype_of(elem_type).name
     except Exception:  # an element type numpy and ml_dtypes cannot hold (string)
         return f"dtype{int(elem_type)}"
+
+
+def node_label(node: Node) -> str:
+    """How reports name a node: its name, else its first output's name (as analysis.cost),
+    else its operator."""
+    return node.name or next((o.name for o in node.outputs if o is not None and o.name), node.op_type)
 
 
 def _producer(value: Value) -> Node | None:

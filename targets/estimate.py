@@ -65,12 +65,11 @@ from homec.analysis.memory import tensor_bytes
 from homec.errors import UnsupportedError, UsageError
 from homec.ir import Graph, Node, SparseTensor, Tensor, TensorType, Value
 from homec.targets.descriptor import ComputeModel, Target
-from homec.targets.device_view import compute_dtype, device_bytes, fused_away, fused_into
+from homec.targets.device_view import (QDQ_OPS, VIEW_OPS, compute_dtype, device_bytes, fused_away,
+                                       fused_into, node_label)
 
-__all__ = ["Estimate", "LayerEstimate", "VIEW_OPS", "estimate", "measure_latency"]
+__all__ = ["Estimate", "LayerEstimate", "estimate", "measure_latency"]
 
-VIEW_OPS = ("Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity")
-_QDQ = ("QuantizeLinear", "DequantizeLinear")
 _BOUND_ORDER = ("memory", "compute", "overhead")  # tie-break: first listed wins
 
 
@@ -127,11 +126,6 @@ class Estimate:
 def _sig(x: float) -> float:
     """`x` rounded to 6 significant digits."""
     return float(f"{x:.6g}")
-
-
-def node_label(node: Node) -> str:
-    """How layers are named: the node name, else its first output's (as analysis.cost)."""
-    return node.name or next((o.name for o in node.outputs if o is not None and o.name), node.op_type)
 
 
 # ---------------------------------------------------------------------------------------
@@ -200,7 +194,7 @@ def _is_free(node: Node, const, qdq_fused: bool, memo: dict) -> bool:
     outs = [o for o in node.outputs if o is not None and o.name]
     if outs and all(const(o) for o in outs):
         return True
-    if qdq_fused and node.op_type in _QDQ:
+    if qdq_fused and node.op_type in QDQ_OPS:
         float_side = node.inputs[0] if node.op_type == "QuantizeLinear" else node.outputs[0]
         return float_side is not None and fused_away(float_side, qdq_fused=True, memo=memo)
     return False

@@ -44,12 +44,10 @@ from homec.errors import ResourceLimitError, UsageError
 from homec.ir import Graph, Node, TensorType, Value
 
 from .descriptor import Target
-from .device_view import device_bytes, fused_away, fused_into
-from .placement import node_label
+from .device_view import VIEW_OPS, device_bytes, fused_away, fused_into, node_label
 
 __all__ = ["Buffer", "MemoryPlan", "check_budget", "format_bytes", "plan_memory"]
 
-VIEW_OPS = ("Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity")
 UNARY_OPS = ("Relu", "Clip", "Sigmoid", "Tanh", "HardSigmoid", "HardSwish", "LeakyRelu", "Neg",
              "Abs", "Exp", "Log", "Sqrt", "Erf", "QuantizeLinear", "DequantizeLinear")
 BINARY_OPS = ("Add", "Sub", "Mul", "Div", "Max", "Min")

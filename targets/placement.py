@@ -48,9 +48,9 @@ from homec.errors import UnsupportedError
 from homec.ir import Graph, Node, TensorType
 
 from .descriptor import OpRule, Target
-from .device_view import QDQ_OPS, compute_dtype, value_dtype
+from .device_view import QDQ_OPS, compute_dtype, node_label, value_dtype
 
-__all__ = ["NodePlacement", "Partition", "Placement", "describe_unsupported", "node_label",
+__all__ = ["NodePlacement", "Partition", "Placement", "describe_unsupported",
            "place", "require_placeable"]
 
 _INTEGER_COMPUTE = ("int8", "uint8")
@@ -112,11 +112,6 @@ class Placement:
             "transitions": self.transitions,
             "unsupported": [{"node": n.node, "op": n.op, "reason": n.reason} for n in self.unsupported],
         }
-
-
-def node_label(node: Node) -> str:
-    """The node's name, else its first output's name, else its operator (as reports show it)."""
-    return node.name or next((o.name for o in node.outputs if o is not None and o.name), node.op_type)
 
 
 def place(graph: Graph, target: Target, types: Mapping[str, TensorType]) -> Placement:

@@ -20,7 +20,8 @@ from homec.analysis.shapes import infer_shapes
 from homec.errors import ExitCode, ResourceLimitError, UsageError
 from homec.ir import Graph
 from homec.targets.descriptor import MemoryBudget, load_target
-from homec.targets.memory_plan import VIEW_OPS, MemoryPlan, check_budget, format_bytes, plan_memory
+from homec.targets.device_view import VIEW_OPS
+from homec.targets.memory_plan import MemoryPlan, check_budget, format_bytes, plan_memory
 from homec.testing.graphgen import random_model
 
 F32 = onnx.TensorProto.FLOAT
