@@ -300,6 +300,21 @@ def constant_node_data(node: Node) -> Tensor | SparseTensor | np.ndarray | None:
     return None  # strings: left as Constant nodes
 
 
+
+def constant_array(v: Value | None) -> np.ndarray | None:
+    """The data of a constant initializer (`const_of`) or of a Constant node's output (what
+    un-cleaned exports and onnx's opset converter write), else None."""
+    arr = const_of(v)
+    if arr is not None or v is None:
+        return arr
+    node = v.producer
+    if node is None or node.op_type != "Constant" or node.domain != "":
+        return None
+    data = constant_node_data(node)
+    if isinstance(data, Tensor):
+        return data.numpy()
+    return data if isinstance(data, np.ndarray) else None
+
 def upgrade_opset(graph: Graph, ctx, version: int, *, purpose: str, hint: str) -> None:
     """Convert the model to default-domain opset `version` (onnx's version converter) and
     check that onnxruntime's outputs did not move, on up to 2 calibration samples or one

@@ -11,11 +11,11 @@ import numpy as np
 
 from homec import dtypes as D
 from homec.context import PassContext
-from homec.ir import Graph, Node, Tensor, Value
+from homec.ir import Graph, Node, Value
 from homec.registry import Stats, Tolerance, register_pass
 
-from ._util import (Names, Types, add_constant, all_graphs, can_add_constant, const_of,
-                    constant_node_data, opset, remove_constant, replace_value)
+from ._util import (Names, Types, add_constant, all_graphs, can_add_constant, constant_array, opset,
+                    remove_constant, replace_value)
 
 Op = Literal["HardSwish", "HardSigmoid", "Gelu", "LayerNormalization", "Relu6", "Sum"]
 DECOMPOSABLE: tuple[str, ...] = ("HardSwish", "HardSigmoid", "Gelu", "LayerNormalization", "Relu6",
@@ -347,7 +347,7 @@ class _Run:
         elem = None
         needs_rank = False
         for v in consts:
-            arr = _constant_array(v)
+            arr = constant_array(v)
             needs_rank |= arr.ndim == 1
             elem = elem or _elem_of(arr)
         x_elem = self.types.elem(x) or elem
@@ -441,7 +441,7 @@ def _relu6_match(anchor: Node, g: Graph) -> tuple[Node, Value, list[Value]] | No
             return inner, inner.inputs[0], []
         lo_v = anchor.inputs[1] if len(anchor.inputs) > 1 else None
         hi_v = anchor.inputs[2] if len(anchor.inputs) > 2 else None
-        lo_arr = _constant_array(lo_v) if lo_v is not None else None
+        lo_arr = constant_array(lo_v) if lo_v is not None else None
         if lo_v is not None and (lo_arr is None or lo_arr.size != 1 or float(lo_arr.reshape(())) > 0):
             return None
         if not _is_scalar(hi_v, 6.0):
@@ -470,23 +470,9 @@ def _sole_producer(v: Value, reader: Node, g: Graph) -> Node | None:
     return p
 
 
-def _constant_array(v: Value | None) -> np.ndarray | None:
-    """The data of a constant initializer or of a Constant node's output."""
-    arr = const_of(v)
-    if arr is not None or v is None:
-        return arr
-    node = v.producer
-    if node is None or node.op_type != "Constant" or node.domain != "":
-        return None
-    data = constant_node_data(node)
-    if isinstance(data, Tensor):
-        return data.numpy()
-    return data if isinstance(data, np.ndarray) else None
-
-
 def _is_scalar(v: Value | None, want: float) -> bool:
     """A float constant of one element (rank 0 or [1]) equal to `want`."""
-    arr = _constant_array(v)
+    arr = constant_array(v)
     return (arr is not None and arr.size == 1 and arr.ndim <= 1 and arr.dtype.kind == "f"
             and float(arr.reshape(())) == want)
 

@@ -9,11 +9,11 @@ import numpy as np
 
 from homec import dtypes as D
 from homec.context import PassContext
-from homec.ir import Graph, Node, Tensor, Value
+from homec.ir import Graph, Node, Value
 from homec.registry import Stats, Tolerance, register_pass
 
-from ._util import (Names, OpsetUpgradeError, Types, all_graphs, const_of, constant_node_data, opset,
-                    remove_constant, replace_value, upgrade_opset)
+from ._util import (Names, OpsetUpgradeError, Types, all_graphs, constant_array, opset, remove_constant,
+                    replace_value, upgrade_opset)
 
 HARDSWISH_OPSET = 14  # HardSwish-14 is the first version of the op
 HARDSIGMOID_OPSET = 6  # HardSigmoid-6 dropped the legacy `consumed_inputs` attribute
@@ -190,7 +190,7 @@ def _check(cand: Candidate, types: Types) -> str | None:
     float32_constant = False  # a float32 tensor combined with x proves x is float32 too
     for operand, want in cand.expected:
         if isinstance(operand, Value):
-            arr = _constant_array(operand)
+            arr = constant_array(operand)
             if arr is None or arr.size != 1 or arr.ndim > 1:
                 return WRONG_CONSTANT
             if arr.dtype != np.float32:
@@ -263,21 +263,6 @@ def _both_orders(node: Node) -> Iterator[tuple[Value, Value]]:
 def _constant_like(v: Value) -> bool:
     """Could be one of the pattern's constants (its value is judged by `_check`)."""
     return v.const is not None or (v.producer is not None and v.producer.op_type == "Constant")
-
-
-def _constant_array(v: Value) -> np.ndarray | None:
-    """The data of a constant initializer (`const_of`) or of a Constant node's output (what
-    un-cleaned exports and onnx's opset converter write)."""
-    arr = const_of(v)
-    if arr is not None:
-        return arr
-    node = v.producer
-    if node is None or node.op_type != "Constant" or node.domain != "":
-        return None
-    data = constant_node_data(node)
-    if isinstance(data, Tensor):
-        return data.numpy()
-    return data if isinstance(data, np.ndarray) else None
 
 
 @dataclasses.dataclass(frozen=True)
