@@ -39,7 +39,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from homec.analysis.cost import count_params, weight_tensors
-from homec.analysis.memory import owner_steps
+from homec.analysis.memory import activation_lifetimes
 from homec.errors import ResourceLimitError, UsageError
 from homec.ir import Graph, Node, TensorType, Value
 
@@ -124,37 +124,15 @@ def plan_memory(graph: Graph, types: Mapping[str, TensorType], *, qdq_fused: boo
     if alignment < 1:
         raise ValueError("alignment must be >= 1")
     nodes = graph.nodes
-    last = max(len(nodes) - 1, 0)
-    step_of = owner_steps(nodes)
     tensors: list[_Tensor] = []
     by_value: dict[int, _Tensor] = {}
     memo: dict = {}  # device_view's cache for this graph
-
-    def add(v: Value, start: int) -> None:
-        if id(v) in by_value or v.is_initializer or not v.name:
-            return
-        end = start
-        for user in v.users:
-            end = max(end, step_of.get(id(user), start))
-        if v.is_graph_output:
-            end = max(end, last)
-        size = device_bytes(v, types, qdq_fused=qdq_fused, memo=memo)
-        if size is not None and size < 0:
-            size = None  # a dim of -1 (paddle's "dynamic") is taken for a static one upstream
-        t = _Tensor(v, size, start, end)
+    for v, start, end in activation_lifetimes(graph):
+        t = _Tensor(v, device_bytes(v, types, qdq_fused=qdq_fused, memo=memo), start, end)
         t.group_end = end
         t.owned_by_caller = v.is_graph_input or v.is_graph_output
         tensors.append(t)
         by_value[id(v)] = t
-
-    for v in graph.inputs:
-        add(v, 0)
-    for i, node in enumerate(nodes):
-        if node.op_type == "Constant" and node.domain == "":
-            continue
-        for out in node.outputs:
-            if out is not None:
-                add(out, i)
     if qdq_fused:
         _fuse_lifetimes(tensors, by_value, memo)
     if in_place:

@@ -21,7 +21,8 @@ from collections.abc import Mapping
 from homec.dtypes import itemsize_bits
 from homec.ir import Graph, Node, TensorType, Value
 
-__all__ = ["LiveTensor", "MemoryReport", "owner_steps", "peak_activation_memory", "tensor_bytes"]
+__all__ = ["LiveTensor", "MemoryReport", "activation_lifetimes", "owner_steps",
+           "peak_activation_memory", "tensor_bytes"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,12 +62,15 @@ def tensor_bytes(t: TensorType | None) -> int | None:
     return (math.prod(shape) * bits + 7) // 8
 
 
-def peak_activation_memory(graph: Graph, types: Mapping[str, TensorType], *, top: int = 5) -> MemoryReport:
-    """Peak live activation bytes of `graph` in its `graph.nodes` order (see module doc)."""
+def activation_lifetimes(graph: Graph) -> list[tuple[Value, int, int]]:
+    """(value, first step, last step) of every activation of `graph` in its `graph.nodes`
+    order (see module doc): graph inputs from step 0, node outputs from their node's step,
+    through the last consumer's step (graph outputs: the last step). Initializers and
+    Constant outputs are weights, not activations."""
     nodes = graph.nodes
-    last = len(nodes) - 1
+    last = max(len(nodes) - 1, 0)
     step_of = owner_steps(nodes)
-    tensors: list[LiveTensor] = []
+    out: list[tuple[Value, int, int]] = []
     seen: set[int] = set()
 
     def add(v: Value, start: int) -> None:
@@ -78,17 +82,26 @@ def peak_activation_memory(graph: Graph, types: Mapping[str, TensorType], *, top
             end = max(end, step_of.get(id(user), start))
         if v.is_graph_output:
             end = max(end, last)
-        t = types.get(v.name) or v.tensor_type()
-        tensors.append(LiveTensor(v.name, tensor_bytes(t), t, start, end))
+        out.append((v, start, end))
 
     for v in graph.inputs:
         add(v, 0)
     for i, node in enumerate(nodes):
         if node.op_type == "Constant" and node.domain == "":
             continue
-        for out in node.outputs:
-            if out is not None:
-                add(out, i)
+        for o in node.outputs:
+            if o is not None:
+                add(o, i)
+    return out
+
+
+def peak_activation_memory(graph: Graph, types: Mapping[str, TensorType], *, top: int = 5) -> MemoryReport:
+    """Peak live activation bytes of `graph` in its `graph.nodes` order (see module doc)."""
+    nodes = graph.nodes
+    tensors: list[LiveTensor] = []
+    for v, start, end in activation_lifetimes(graph):
+        t = types.get(v.name) or v.tensor_type()
+        tensors.append(LiveTensor(v.name, tensor_bytes(t), t, start, end))
 
     unknown = tuple(t.name for t in tensors if t.bytes is None)
     if not nodes:
