@@ -445,15 +445,9 @@ def _file_size(path: str) -> int | None:
 
 
 def _human_bytes(n: int | None) -> str:
-    if n is None:
-        return "?"
-    if n < 1024:
-        return f"{n} B"
-    for unit in ("KiB", "MiB", "GiB"):
-        n /= 1024
-        if n < 1024 or unit == "GiB":
-            return f"{n:.1f} {unit}"
-    raise AssertionError("unreachable")
+    from homec.analysis.memory import human_bytes
+
+    return human_bytes(n, 1)
 
 
 # ---------------------------------------------------------------------------------------

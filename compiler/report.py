@@ -27,6 +27,7 @@ import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from homec.analysis.memory import human_bytes
 from homec.errors import OutputError, UsageError
 
 MAX_BARS = 40  # rows in a per-layer bar chart
@@ -155,13 +156,7 @@ def _count(v: Any) -> str:
 def _bytes(v: Any) -> str:
     if not _is_num(v):
         return "–" if v is None else str(v)
-    if abs(v) < 1024:
-        return f"{v:.0f} B"
-    for unit in ("KiB", "MiB", "GiB"):
-        v /= 1024
-        if abs(v) < 1024 or unit == "GiB":
-            return f"{v:.1f} {unit}"
-    raise AssertionError("unreachable")
+    return human_bytes(v, 1)
 
 
 def _ms(v: Any) -> str:

@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from importlib import resources
 from typing import Any
 
+from homec.analysis.memory import format_bytes
 from homec.errors import UsageError
 from homec.ir import Node
 
@@ -176,9 +177,9 @@ class Target:
         if self.channel_alignment > 1:
             parts.append(f"align {self.channel_alignment}")
         if self.memory.sram is not None:
-            parts.append(f"SRAM {_kib(self.memory.sram)}")
+            parts.append(f"SRAM {format_bytes(self.memory.sram)}")
         if self.memory.flash is not None:
-            parts.append(f"flash {_kib(self.memory.flash)}")
+            parts.append(f"flash {format_bytes(self.memory.flash)}")
         if self.static_shapes:
             parts.append("static shapes")
         if self.opset is not None:
@@ -199,10 +200,6 @@ class Target:
             "memory": {"sram_bytes": self.memory.sram, "flash_bytes": self.memory.flash},
             "ops": None if self.all_ops else sorted(self.ops),
         }
-
-
-def _kib(n: int) -> str:
-    return f"{n // 1024} KiB" if n < 1024 * 1024 else f"{n / (1024 * 1024):g} MiB"
 
 
 # ---------------------------------------------------------------------------------------

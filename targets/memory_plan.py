@@ -34,12 +34,11 @@ is at most `no_reuse_bytes` (every tensor in its own aligned slot), and at least
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Mapping
 from typing import Any
 
 from homec.analysis.cost import count_params, weight_tensors
-from homec.analysis.memory import activation_lifetimes
+from homec.analysis.memory import activation_lifetimes, format_bytes
 from homec.errors import ResourceLimitError, UsageError
 from homec.ir import Graph, Node, TensorType, Value
 
@@ -279,16 +278,6 @@ def _top(items) -> tuple[tuple[str, int], ...]:
 def _weights(graph: Graph) -> tuple[tuple[str, int], ...]:
     """The largest weights (as count_params counts them), by stored bytes."""
     return _top((name, nbytes) for name, _, nbytes in weight_tensors(graph))
-
-
-def format_bytes(n: int) -> str:
-    """`512 B`, `412 KiB`, `412.5 KiB`, `5.2 MiB`: one decimal, rounded up (so a size just
-    over a budget never prints equal to it), dropped when whole."""
-    if n < 1024:
-        return f"{n} B"
-    unit, scale = ("KiB", 1024) if n < 1024 * 1024 else ("MiB", 1024 * 1024)
-    tenths = math.ceil(n * 10 / scale)
-    return f"{tenths // 10} {unit}" if tenths % 10 == 0 else f"{tenths / 10:.1f} {unit}"
 
 
 def _named(items: tuple[tuple[str, int], ...], limit: int = 3) -> str:

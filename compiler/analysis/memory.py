@@ -21,8 +21,8 @@ from collections.abc import Mapping
 from homec.dtypes import itemsize_bits
 from homec.ir import Graph, Node, TensorType, Value
 
-__all__ = ["LiveTensor", "MemoryReport", "activation_lifetimes", "owner_steps",
-           "peak_activation_memory", "tensor_bytes"]
+__all__ = ["LiveTensor", "MemoryReport", "activation_lifetimes", "format_bytes", "human_bytes",
+           "owner_steps", "peak_activation_memory", "tensor_bytes"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,6 +93,27 @@ def activation_lifetimes(graph: Graph) -> list[tuple[Value, int, int]]:
             if o is not None:
                 add(o, i)
     return out
+
+
+def human_bytes(n: float | None, digits: int = 1) -> str:
+    """`512 B`, `46.9 KiB`, `1.2 MiB` (binary units, `digits` decimals; None: "?")."""
+    if n is None:
+        return "?"
+    sign, n = ("-" if n < 0 else ""), abs(n)
+    for factor, unit in ((1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")):
+        if n >= factor:
+            return f"{sign}{n / factor:.{digits}f} {unit}"
+    return f"{sign}{n:.0f} B"
+
+
+def format_bytes(n: int) -> str:
+    """A size against a budget: `512 B`, `412 KiB`, `412.5 KiB`, `5.2 MiB`; one decimal,
+    rounded up (so a size just over a budget never prints equal to it), dropped when whole."""
+    if n < 1024:
+        return f"{n} B"
+    unit, scale = ("KiB", 1024) if n < 1024 * 1024 else ("MiB", 1024 * 1024)
+    tenths = math.ceil(n * 10 / scale)
+    return f"{tenths // 10} {unit}" if tenths % 10 == 0 else f"{tenths / 10:.1f} {unit}"
 
 
 def peak_activation_memory(graph: Graph, types: Mapping[str, TensorType], *, top: int = 5) -> MemoryReport:

@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from homec.analysis.cost import CostReport, analyze_cost
-from homec.analysis.memory import LiveTensor, MemoryReport, peak_activation_memory
+from homec.analysis.memory import LiveTensor, MemoryReport, human_bytes, peak_activation_memory
 from homec.analysis.shapes import infer_shapes
 from homec.dtypes import dtype_name
 from homec.ir import Graph, TensorType, Value
@@ -104,12 +104,7 @@ def _si(n: int | float, unit: str = "") -> str:
 
 
 def _bytes(n: int | None) -> str:
-    if n is None:
-        return "?"
-    for factor, unit in ((1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")):
-        if n >= factor:
-            return f"{n / factor:.2f} {unit}"
-    return f"{n} B"
+    return human_bytes(n, 2)
 
 
 def _shape_text(shape: list[int | str] | None) -> str:
