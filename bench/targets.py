@@ -64,11 +64,10 @@ import numpy as np  # noqa: E402
 import onnx  # noqa: E402
 
 from bench.ocr.int8 import Tee, _fx, _ratio, log_header  # noqa: E402
+from homec.testing.models import OCR_FILES, ocr_model  # noqa: E402
 
 MODULE = "bench.targets"
 ROOT = Path(__file__).resolve().parents[1]
-OCR_FILES = {"det": "ch_PP-OCRv4_det_infer.onnx", "rec": "ch_PP-OCRv4_rec_infer.onnx",
-             "cls": "ch_ppocr_mobile_v2.0_cls_infer.onnx"}
 ZOO = ("squeezenet", "shufflenet", "resnet50", "inception_v1")
 MODELS = (*OCR_FILES, *ZOO)
 TARGETS = ("cpu", "npu-int8", "mcu")
@@ -82,15 +81,6 @@ PEER = "ort-u8s8"           # the onnxruntime quantizer setting the cpu target's
 
 
 # --------------------------------------------------------------------------- models
-
-def ocr_dir() -> Path | None:
-    try:
-        import rapidocr_onnxruntime
-    except ImportError:
-        return None
-    d = Path(rapidocr_onnxruntime.__file__).parent / "models"
-    return d if d.is_dir() else None
-
 
 def zoo_path(name: str) -> Path:
     return Path(onnx.__file__).parent / "backend" / "test" / "data" / "light" / f"light_{name}.onnx"
@@ -117,10 +107,10 @@ def prepare_model(name: str, work: str) -> str:
     out_dir = os.path.join(work, "models")
     os.makedirs(out_dir, exist_ok=True)
     if name in OCR_FILES:
-        d = ocr_dir()
-        if d is None:
+        path = ocr_model(name)
+        if path is None:
             raise FileNotFoundError("rapidocr_onnxruntime (PP-OCRv4 models) is not installed")
-        return str(d / OCR_FILES[name])
+        return str(path)
     dst = os.path.join(out_dir, f"{name}.onnx")
     if not os.path.isfile(dst):
         cleaned = homec.compile(str(zoo_path(name)), "schedule { cleanup }").model

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import onnx
@@ -19,6 +18,7 @@ from homec.analysis.shapes import infer_shapes
 from homec.targets.descriptor import load_target
 from homec.targets.estimate import estimate, measure_latency
 from homec.testing.graphgen import random_model
+from homec.testing.models import ocr_model
 
 F32 = onnx.TensorProto.FLOAT
 
@@ -301,19 +301,10 @@ def test_unknown_sizes_are_marked():
 # ---------------------------------------------------------------------------------------
 
 
-def _ppocr_det() -> Path | None:
-    try:
-        import rapidocr_onnxruntime
-    except ImportError:
-        return None
-    p = Path(rapidocr_onnxruntime.__file__).parent / "models" / "ch_PP-OCRv4_det_infer.onnx"
-    return p if p.is_file() else None
-
-
 @pytest.mark.slow
-@pytest.mark.skipif(_ppocr_det() is None, reason="rapidocr_onnxruntime models not installed")
+@pytest.mark.skipif(ocr_model("det") is None, reason="rapidocr_onnxruntime models not installed")
 def test_ppocr_det_estimate_adds_up():
-    graph = homec.load(_ppocr_det())
+    graph = homec.load(ocr_model("det"))
     types = infer_shapes(graph, {"x": (1, 3, 64, 64)})
     npu = load_target("npu-int8")
     devices = {}

@@ -23,6 +23,7 @@ from homec.targets.descriptor import MemoryBudget, load_target
 from homec.targets.device_view import VIEW_OPS
 from homec.targets.memory_plan import MemoryPlan, check_budget, format_bytes, plan_memory
 from homec.testing.graphgen import random_model
+from homec.testing.models import ocr_model
 
 F32 = onnx.TensorProto.FLOAT
 
@@ -312,19 +313,10 @@ def test_zoo_models(name):
     assert p.arena_bytes < p.no_reuse_bytes / 2
 
 
-def _ocr(name: str) -> Path | None:
-    try:
-        import rapidocr_onnxruntime
-    except ImportError:
-        return None
-    p = Path(rapidocr_onnxruntime.__file__).parent / "models" / name
-    return p if p.is_file() else None
-
-
 @pytest.mark.slow
-@pytest.mark.skipif(_ocr("ch_PP-OCRv4_det_infer.onnx") is None, reason="rapidocr models not installed")
+@pytest.mark.skipif(ocr_model("det") is None, reason="rapidocr models not installed")
 def test_ppocr_det():
-    g = homec.load(_ocr("ch_PP-OCRv4_det_infer.onnx"))
+    g = homec.load(ocr_model("det"))
     types = infer_shapes(g, {g.inputs[0].name: (1, 3, 64, 64)})
     _check_all_ways(g, types)
     p, copying = plan_memory(g, types), plan_memory(g, types, in_place=False)
@@ -416,9 +408,9 @@ def test_known_part_over_budget_fails_even_with_unknown_sizes():
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(_ocr("ch_ppocr_mobile_v2.0_cls_infer.onnx") is None, reason="rapidocr models not installed")
+@pytest.mark.skipif(ocr_model("cls") is None, reason="rapidocr models not installed")
 def test_ppocr_cls_with_its_minus_one_batch():
-    g = homec.load(_ocr("ch_ppocr_mobile_v2.0_cls_infer.onnx"))
+    g = homec.load(ocr_model("cls"))
     types = infer_shapes(g)
     for in_place in (True, False):
         for fused in (False, True):

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 import numpy as np
 import onnx
@@ -17,6 +16,7 @@ from homec.analysis.shapes import infer_shapes
 from homec.errors import ExitCode, UnsupportedError
 from homec.targets.descriptor import load_target, target_from_dict
 from homec.targets.placement import describe_unsupported, place, require_placeable
+from homec.testing.models import ocr_model
 
 F32 = onnx.TensorProto.FLOAT
 
@@ -256,19 +256,10 @@ def test_placement_is_deterministic():
     assert placed(g1, "npu-int8").as_dict() == placed(g2, "npu-int8").as_dict()
 
 
-def _ocr_det() -> Path | None:
-    try:
-        import rapidocr_onnxruntime
-    except ImportError:
-        return None
-    p = Path(rapidocr_onnxruntime.__file__).parent / "models" / "ch_PP-OCRv4_det_infer.onnx"
-    return p if p.is_file() else None
-
-
 @pytest.mark.slow
-@pytest.mark.skipif(_ocr_det() is None, reason="rapidocr_onnxruntime models not installed")
+@pytest.mark.skipif(ocr_model("det") is None, reason="rapidocr_onnxruntime models not installed")
 def test_ppocr_det_placements():
-    g = homec.load(_ocr_det())
+    g = homec.load(ocr_model("det"))
     types = infer_shapes(g, {g.inputs[0].name: (1, 3, 64, 64)})
     cpu = place(g, load_target("cpu"), types)
     assert len(cpu.partitions) == 1 and cpu.transitions == 0 and not cpu.unsupported

@@ -47,14 +47,13 @@ from homec.pipeline import InternalPassError
 from homec.targets.descriptor import load_target
 from homec.targets.memory_plan import format_bytes
 from homec.testing.graphgen import random_model
+from homec.testing.models import ocr_model
 from homec.testing.oracle import random_feeds, text_like_image
 
 SCHEDULE = "schedule {\n  cleanup\n  fuse_activations\n}"
 DET_INT8_SCHEDULE = ('schedule {\n  cleanup\n  fuse_activations\n'
                      '  quantize(calibration="data", method="mse", activations="int8")\n}')
 TARGETS = ("cpu", "npu-int8", "mcu")
-OCR_FILES = {"det": "ch_PP-OCRv4_det_infer.onnx", "rec": "ch_PP-OCRv4_rec_infer.onnx",
-             "cls": "ch_ppocr_mobile_v2.0_cls_infer.onnx"}
 OCR_SHAPES = {"det": (1, 3, 160, 160), "rec": (1, 3, 48, 320), "cls": (1, 3, 48, 192)}
 MCU_OCR_SHAPES = {"det": (1, 3, 64, 64), "rec": (1, 3, 48, 160), "cls": (1, 3, 48, 192)}
 DET_CALIB_SAMPLES = 4
@@ -75,10 +74,9 @@ def _crash_reports_in_tmp(tmp_path, monkeypatch):
 
 
 def _ocr_path(kind: str) -> Path:
-    rapidocr = pytest.importorskip("rapidocr_onnxruntime")
-    path = Path(rapidocr.__file__).parent / "models" / OCR_FILES[kind]
-    if not path.is_file():
-        pytest.skip(f"{path} is not installed")
+    path = ocr_model(kind)
+    if path is None:
+        pytest.skip(f"PP-OCR {kind} (rapidocr_onnxruntime) is not installed")
     return path
 
 
@@ -308,8 +306,8 @@ def test_ppocr_npu(kind, record_property):
 @pytest.mark.slow
 @pytest.mark.xfail(strict=True, raises=VerificationError, reason=(
     "int8 rec (SVTR: attention softmax, per-tensor int8 activations) misses quantize's cosine "
-    "bound: softmax output cosine 0.89 (random calibration), 0.83-0.92 on rendered label crops "
-    "with minmax/mse, int8 or uint8 activations; the bound 0.97 is not met"))
+    "bound 0.97: the worst output cosine is 0.953 with the target's own quantization on real "
+    "calibration (bench/results/targets.txt, python -m bench.targets)"))
 def test_ppocr_rec_npu_verifies(record_property):
     shape = OCR_SHAPES["rec"]
     check_build(_ocr_model("rec"), "npu-int8", _ocr_feeds("rec", shape), record_property,
