@@ -17,7 +17,6 @@ from __future__ import annotations
 import math
 import os
 import stat
-import tempfile
 from collections.abc import Iterable, Iterator
 
 import numpy as np
@@ -27,6 +26,7 @@ from onnx import numpy_helper
 
 from homec.dtypes import STRING, itemsize_bits
 from homec.errors import InvalidModelError, IRError, OutputError
+from homec.files import staging_dir
 from homec.ir import (
     Attr,
     AttrType,
@@ -998,48 +998,42 @@ def save(model: Graph | onnx.ModelProto, path: str | os.PathLike, *,
     for p in (path, path + ".data") if external_data else (path,):
         if os.path.isdir(p):
             raise OutputError(f"{p!r} is a directory", path=path)
-    tmp_dir = None
     try:
-        tmp_dir = tempfile.mkdtemp(prefix=".homec-", dir=directory)
-        if external_data:
-            data_name = os.path.basename(path) + ".data"
-            m = onnx.ModelProto()
-            m.CopyFrom(proto)
-            _write_external(m, tmp_dir, data_name)
-            tmp_model = os.path.join(tmp_dir, os.path.basename(path))
-            with open(tmp_model, "wb") as f:
-                f.write(m.SerializeToString(deterministic=True))
-            final_data = os.path.join(directory, data_name)
-            backup = None
-            if os.path.exists(final_data):  # keep the old weights until the model is in place
-                backup = os.path.join(tmp_dir, data_name + ".old")
-                os.replace(final_data, backup)
-            try:
-                os.replace(os.path.join(tmp_dir, data_name), final_data)
+        with staging_dir(directory, "model") as tmp_dir:
+            if external_data:
+                data_name = os.path.basename(path) + ".data"
+                m = onnx.ModelProto()
+                m.CopyFrom(proto)
+                _write_external(m, tmp_dir, data_name)
+                tmp_model = os.path.join(tmp_dir, os.path.basename(path))
+                with open(tmp_model, "wb") as f:
+                    f.write(m.SerializeToString(deterministic=True))
+                final_data = os.path.join(directory, data_name)
+                backup = None
+                if os.path.exists(final_data):  # keep the old weights until the model is in place
+                    backup = os.path.join(tmp_dir, data_name + ".old")
+                    os.replace(final_data, backup)
+                try:
+                    os.replace(os.path.join(tmp_dir, data_name), final_data)
+                    os.replace(tmp_model, path)
+                except OSError:
+                    if backup is not None:
+                        os.replace(backup, final_data)
+                    elif os.path.exists(final_data):
+                        os.unlink(final_data)
+                    raise
+            else:
+                tmp_model = os.path.join(tmp_dir, os.path.basename(path))
+                data = proto.SerializeToString(deterministic=True)
+                if len(data) > PROTOBUF_LIMIT:
+                    raise OutputError("the model exceeds 2 GiB; save it with external data", path=path)
+                with open(tmp_model, "wb") as f:
+                    f.write(data)
                 os.replace(tmp_model, path)
-            except OSError:
-                if backup is not None:
-                    os.replace(backup, final_data)
-                elif os.path.exists(final_data):
-                    os.unlink(final_data)
-                raise
-        else:
-            tmp_model = os.path.join(tmp_dir, os.path.basename(path))
-            data = proto.SerializeToString(deterministic=True)
-            if len(data) > PROTOBUF_LIMIT:
-                raise OutputError("the model exceeds 2 GiB; save it with external data", path=path)
-            with open(tmp_model, "wb") as f:
-                f.write(data)
-            os.replace(tmp_model, path)
     except OSError as e:
         raise OutputError(f"cannot write the model ({e.strerror or e})", path=path) from None
     except ValueError as e:  # protobuf refuses messages over 2 GiB
         raise OutputError(f"cannot serialize the model ({e})", path=path) from None
-    finally:
-        if tmp_dir is not None and os.path.isdir(tmp_dir):
-            for name in os.listdir(tmp_dir):
-                os.unlink(os.path.join(tmp_dir, name))
-            os.rmdir(tmp_dir)
 
 
 def _write_external(model: onnx.ModelProto, folder: str, data_name: str) -> None:

@@ -23,12 +23,12 @@ import json
 import math
 import os
 import re
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from homec.analysis.memory import human_bytes
 from homec.errors import OutputError, UsageError
+from homec.files import staging_dir
 
 MAX_BARS = 40  # rows in a per-layer bar chart
 MAX_BUFFERS = 400  # rectangles in the memory-plan plot
@@ -78,23 +78,15 @@ def write_text(text: str, path: str | os.PathLike, *, what: str) -> None:
         raise OutputError(f"{what} folder {directory!r} does not exist", path=path)
     if os.path.isdir(path):
         raise OutputError(f"{path!r} is a directory", path=path)
-    tmp_dir = None
     try:
-        # A private folder rather than mkstemp: the file is created with the umask's
-        # permissions (mkstemp's 0600 would survive the rename).
-        tmp_dir = tempfile.mkdtemp(prefix=f".homec-{what}-", dir=directory)
-        tmp = os.path.join(tmp_dir, os.path.basename(path))
-        # surrogateescape: a depfile names files whose names are not valid UTF-8 byte for byte
-        with open(tmp, "w", encoding="utf-8", errors="surrogateescape", newline="\n") as f:
-            f.write(text)
-        os.replace(tmp, path)
+        with staging_dir(directory, what) as tmp_dir:
+            tmp = os.path.join(tmp_dir, os.path.basename(path))
+            # surrogateescape: a depfile names files whose names are not valid UTF-8 byte for byte
+            with open(tmp, "w", encoding="utf-8", errors="surrogateescape", newline="\n") as f:
+                f.write(text)
+            os.replace(tmp, path)
     except OSError as e:
         raise OutputError(f"cannot write the {what} ({e.strerror or e})", path=path) from None
-    finally:
-        if tmp_dir is not None and os.path.isdir(tmp_dir):
-            for name in os.listdir(tmp_dir):
-                os.unlink(os.path.join(tmp_dir, name))
-            os.rmdir(tmp_dir)
 
 
 def to_json(report: Mapping[str, Any]) -> str:
